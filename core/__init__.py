@@ -1,0 +1,1 @@
+"""The domain core: money, the ledger and its storage. Pure Python: no gRPC, no sockets."""

@@ -1,0 +1,183 @@
+"""The ledger as one object: validated whole requests in, results out.
+
+It owns the group-commit writer and the expiry sweeper, and checks what a whole
+request must satisfy (batch sizes, filters). Per-item rules live in the state
+machine. The gRPC servicer in gateway/ is a thin translation over this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from dualflow.core.errors import FieldViolation, InvalidRequest
+
+from . import metrics
+from .batch import BatchResult, CreateAccounts, CreateTransfers, ExpirePending
+from .model import (
+    BATCH_MAX,
+    Account,
+    AccountFilter,
+    BalanceSnapshot,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+)
+from .store import CurrencyTotals, LedgerStore, decode_page_token, encode_page_token
+from .writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+LOOKUP_MAX = BATCH_MAX
+PAGE_DEFAULT = 1000
+
+_TRANSFER_RESULT_NAMES = {int(r): r.name for r in CreateTransferResult}
+_ACCOUNT_RESULT_NAMES = {int(r): r.name for r in CreateAccountResult}
+
+
+def _check_batch(items: Sequence[object], field: str) -> None:
+    if not items:
+        raise InvalidRequest(
+            f"{field} is empty: send at least one item",
+            reason="BATCH_EMPTY",
+            violations=(FieldViolation(field, "must hold at least one item"),),
+        )
+    if len(items) > BATCH_MAX:
+        raise InvalidRequest(
+            f"{field} holds {len(items)} items; at most {BATCH_MAX} per call",
+            reason="BATCH_TOO_LARGE",
+            violations=(FieldViolation(field, f"must hold at most {BATCH_MAX} items"),),
+            metadata={"limit": str(BATCH_MAX), "size": str(len(items))},
+        )
+
+
+class LedgerService:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        expiry_interval_s: float = 0.2,
+        writer_max_items: int = 16384,
+        writer_queue_items_max: int = 262144,
+    ) -> None:
+        self.store = store
+        self.clock_ns = clock_ns
+        self.expiry_interval_s = expiry_interval_s
+        self.writer = GroupCommitWriter(
+            store, max_items=writer_max_items, queue_items_max=writer_queue_items_max, clock_ns=clock_ns,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.writer.start()
+        if self.expiry_interval_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="ledger-expiry")
+
+    async def stop(self) -> None:
+        """Stop the sweeper, flush the writer, close storage."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        await self.writer.stop()
+        await self.store.close()
+
+    # ---- writes
+    async def create_accounts(self, accounts: Sequence[Account]) -> BatchResult:
+        _check_batch(accounts, "accounts")
+        result = await self.writer.submit(CreateAccounts(accounts))
+        for r in result.results:
+            metrics.ACCOUNT_RESULTS.labels(_ACCOUNT_RESULT_NAMES.get(r, str(r))).inc()
+        return result
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> BatchResult:
+        _check_batch(transfers, "transfers")
+        result = await self.writer.submit(CreateTransfers(transfers))
+        counts: dict[int, int] = {}
+        for r in result.results:
+            counts[r] = counts.get(r, 0) + 1
+        for r, n in counts.items():
+            metrics.TRANSFER_RESULTS.labels(_TRANSFER_RESULT_NAMES.get(r, str(r))).inc(n)
+        return result
+
+    async def expire_due(self) -> int:
+        """Void every pending transfer whose timeout has passed; returns how many."""
+        total = 0
+        while True:
+            due = await self.store.next_expiry()
+            if due is None or due > self.clock_ns():
+                return total
+            result = await self.writer.submit(ExpirePending())
+            total += result.expired
+            if result.expired == 0:
+                return total
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.expire_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a bad moment
+                log.exception("pending-transfer expiry sweep failed; retrying")
+            await asyncio.sleep(self.expiry_interval_s)
+
+    # ---- reads
+    async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        _check_lookup(ids)
+        return await self.store.lookup_accounts(ids)
+
+    async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        _check_lookup(ids)
+        return await self.store.lookup_transfers(ids)
+
+    async def account_transfers(self, flt: AccountFilter, page_token: str) -> tuple[list[Transfer], str]:
+        _check_filter(flt)
+        after = decode_page_token(page_token, flt.newest_first)
+        rows = await self.store.account_transfers(flt, after)
+        return rows, _next_token(rows, flt)
+
+    async def account_balances(self, flt: AccountFilter, page_token: str) -> tuple[list[BalanceSnapshot], str]:
+        _check_filter(flt)
+        after = decode_page_token(page_token, flt.newest_first)
+        rows = await self.store.account_balances(flt, after)
+        return rows, _next_token(rows, flt)
+
+    async def currency_totals(self) -> list[CurrencyTotals]:
+        return await self.store.currency_totals()
+
+
+def _check_lookup(ids: Sequence[int]) -> None:
+    if len(ids) > LOOKUP_MAX:
+        raise InvalidRequest(
+            f"ids holds {len(ids)} ids; at most {LOOKUP_MAX} per call",
+            reason="BATCH_TOO_LARGE",
+            violations=(FieldViolation("ids", f"must hold at most {LOOKUP_MAX} ids"),),
+        )
+
+
+def _check_filter(flt: AccountFilter) -> None:
+    violations = []
+    if not 0 < flt.account_id < 2**63:
+        violations.append(FieldViolation("filter.account_id", "must be an account id, 1 .. 2^63-1"))
+    if flt.timestamp_max and flt.timestamp_min > flt.timestamp_max:
+        violations.append(FieldViolation("filter.timestamp_min", "must not be after timestamp_max"))
+    if not 0 < flt.limit <= BATCH_MAX:
+        violations.append(FieldViolation("filter.limit", f"must be 1 .. {BATCH_MAX} (0 means {PAGE_DEFAULT})"))
+    if not (flt.debits or flt.credits):
+        violations.append(FieldViolation("filter.side", "must select debits, credits or both"))
+    if violations:
+        raise InvalidRequest("the account filter is invalid", reason="FILTER_INVALID", violations=tuple(violations))
+
+
+def _next_token(rows: Sequence[Transfer | BalanceSnapshot], flt: AccountFilter) -> str:
+    if len(rows) < flt.limit:
+        return ""
+    return encode_page_token(rows[-1].timestamp, flt.newest_first)

@@ -1,0 +1,1 @@
+"""gRPC servicers, interceptors, server assembly and the `dualflow` command line."""

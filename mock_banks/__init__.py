@@ -1,0 +1,1 @@
+"""Mock bank and PSP servers that answer asynchronously and uncertainly (coming with the channels issue)."""

@@ -1,0 +1,1 @@
+"""The smart router: channel health, fees and the routing policy (coming with the router issue)."""
