@@ -1,0 +1,64 @@
+"""The `dualflow` command: serve, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, serve
+
+    config = ServerConfig(listen=args.listen, db=args.db, metrics_port=args.metrics_port,
+                          metrics_host=args.metrics_host, grace_s=args.grace)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main
+
+    return main()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    runner = args.bench_run
+    return int(runner(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualflow", description="dualflow payment core")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server (all services in one process)")
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to bind; port 0 picks a free one")
+    serve.add_argument("--db", default="dualflow.db", help="a SQLite path or a postgresql:// DSN")
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument("--metrics-host", default="127.0.0.1")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
+    serve.set_defaults(run=_serve)
+
+    demo = sub.add_parser("demo", help="a short day of the platform on a temporary SQLite database")
+    demo.set_defaults(run=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks with baselines measured in the same run")
+    areas = bench.add_subparsers(dest="area", required=True)
+    from dualflow.bench import ledger as ledger_bench
+
+    ledger_bench.add_parser(areas)
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
