@@ -60,13 +60,13 @@ def exponent(currency: str) -> int:
         raise UnknownCurrency(currency) from None
 
 
-def format_minor(amount_minor: int, currency: str) -> str:
-    """`12345, "CNY"` -> `"123.45 CNY"`; exact for any integer."""
+def format_minor(amount_minor: int, currency: str, *, with_code: bool = True) -> str:
+    """`12345, "CNY"` -> `"123.45 CNY"` (`"123.45"` without the code); exact for any integer."""
     digits = exponent(currency)
     sign = "-" if amount_minor < 0 else ""
     whole, frac = divmod(abs(amount_minor), 10**digits)
     body = f"{whole:,}" if digits == 0 else f"{whole:,}.{frac:0{digits}d}"
-    return f"{sign}{body} {currency}"
+    return f"{sign}{body} {currency}" if with_code else f"{sign}{body}"
 
 
 def parse_major(text: str, currency: str) -> int:

@@ -89,6 +89,10 @@ def _money(v: int) -> str:
     return format_minor(v, CNY)
 
 
+def _amount(v: int) -> str:
+    return format_minor(v, CNY, with_code=False)
+
+
 async def run_demo(console: Console | None = None) -> int:
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="dualflow-demo-") as tmp:
@@ -116,14 +120,15 @@ async def run_demo(console: Console | None = None) -> int:
     console.print(table)
 
     balances = Table(title="Balances (CNY)")
-    for col in ("account", "debits pending", "debits posted", "credits pending", "credits posted", "net"):
+    for col in ("account", "debits pending", "debits posted", "credits pending", "credits posted",
+                "credits - debits"):
         balances.add_column(col, justify="right" if col != "account" else "left")
     sums = [0, 0, 0, 0]
     for a in accounts:
         row = (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
         sums = [s + v for s, v in zip(sums, row)]
-        balances.add_row(NAMES[a.id], *map(_money, row), _money(a.credits_posted - a.debits_posted))
-    balances.add_row("[bold]total[/bold]", *map(_money, sums), "")
+        balances.add_row(NAMES[a.id], *map(_amount, row), _amount(a.credits_posted - a.debits_posted))
+    balances.add_row("[bold]total[/bold]", *map(_amount, sums), "")
     console.print(balances)
 
     by_ts = {b.transfer_id: b for b in history}
