@@ -1,18 +1,527 @@
-"""`dualflow bench ledger`: being written (see the benchmark helper)."""
+"""`dualflow bench ledger`: CreateTransfers throughput against its storage and RPC ceilings.
+
+The real thing is `Ledger/CreateTransfers` over real gRPC, to a server in its own
+process, with batches of 1, 100 and 8,000 transfers at 1, 16 and 64 calls in
+flight. Beside it, in the same run and on the same machine:
+
+- the storage ceiling: the same SQL on the same schema through the store's own
+  `run_procedure`, in process, with no gRPC and no validation: a procedure that
+  yields the operations `group_commit` yields (ReserveTimestamps, LoadTransfers,
+  LoadAccounts, WriteChanges) for 8,000-transfer batches whose rows are built
+  directly, without the state machine;
+- the RPC ceiling: the standard `grpc.health.v1.Health/Check`, an empty call on
+  the same server and channel;
+- on PostgreSQL, `pgbench -b tpcb-like` against the same server;
+- the same batched load on a ledger of 10k accounts and on one of 1M.
+
+Every transfer is valid and must answer OK (random pairs of accounts without
+limit flags, unique ids); anything else stops the run with an error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from dualflow.core.ledger.batch import (
+    BatchResult,
+    CreateAccounts,
+    LoadAccounts,
+    LoadTransfers,
+    Procedure,
+    ReserveTimestamps,
+    WriteChanges,
+)
+from dualflow.core.ledger.model import AccountCode, Account, Transfer
+from dualflow.core.ledger.open_store import store_from_url
+from dualflow.core.ledger.state_machine import A_OK, T_OK, Snapshot
+from dualflow.core.ledger.store import LedgerStore
+
+from . import load, pgbench
+from .report import Case, Ratio, Report, progress_bar, stderr_console
+from .scratch import ScratchLedgers
+from .server_process import ServerProcess
+
+CURRENCY = "USD"
+TRANSFER_CODE = 1
+ACCOUNTS_CHUNK = 50_000
+BIG_BATCH = 8000
+# Requests for batches this large are built before the clock starts: building
+# one costs the client tens of milliseconds, which would otherwise sit inside
+# every measured call. Smaller ones are built on demand (microseconds).
+PREBUILD_FROM = 1000
+CREATE_TRANSFERS = "/dualflow.v1.Ledger/CreateTransfers"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+TARGETS = {
+    "batched_vs_storage_ceiling": 0.5,
+    "unary_vs_empty_rpc": 0.6,
+    "pg_batched_vs_pgbench": 5.0,
+    "accounts_1m_vs_10k": 0.9,
+}
+
+
+class BenchFailure(RuntimeError):
+    """The bench could not measure what it claims: a transfer failed, a server died."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    accounts: int = 10_000
+    large_accounts: int = 1_000_000
+    matrix: tuple[tuple[int, int], ...] = ()
+    case_s: float = 10.0
+    # An upper bound on the transfers one case sends (8000 x 64 would otherwise take minutes).
+    case_transfers_max: int = 640_000
+    empty_concurrency: tuple[int, ...] = (1, 16, 64)
+    empty_s: float = 5.0
+    ceiling_batches: int = 40
+    accounts_concurrency: int = 16
+    accounts_batches: int = 48
+    # Each batch of the 10k-vs-1M comparison draws its pairs from this many accounts sampled
+    # uniformly from the whole ledger, so both ledgers touch as many rows per batch and only
+    # the ledger's size differs (uniform pairs over 10k accounts would repeat accounts).
+    accounts_pool: int = 4000
+    pgbench_scale: int = 8
+    pgbench_clients: int = 8
+    pgbench_s: int = 15
+
+
+FULL = Plan(
+    quick=False,
+    matrix=tuple((b, c) for b in (BIG_BATCH, 100, 1) for c in (1, 16, 64)),
+)
+QUICK = Plan(
+    quick=True,
+    large_accounts=100_000,
+    matrix=((BIG_BATCH, 1), (BIG_BATCH, 4), (100, 16), (1, 1), (1, 64)),
+    case_s=2.0,
+    case_transfers_max=48_000,
+    empty_concurrency=(1, 64),
+    empty_s=1.5,
+    ceiling_batches=4,
+    accounts_concurrency=4,
+    accounts_batches=6,
+    pgbench_scale=4,
+    pgbench_clients=4,
+    pgbench_s=5,
+)
 
 
 def add_parser(areas: Any) -> None:
-    p = areas.add_parser("ledger", help="ledger CreateTransfers throughput vs storage and RPC ceilings")
-    p.add_argument("--db", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quick", action="store_true")
+    p = areas.add_parser(
+        "ledger", help="ledger CreateTransfers throughput vs storage and RPC ceilings",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", default=None,
+                   help="a new SQLite path (kept) or a postgresql:// DSN (a scratch database is created on that "
+                        "server and dropped); default: temporary SQLite files, removed afterwards")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute on SQLite)")
     p.set_defaults(bench_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("not yet")
+    plan = QUICK if args.quick else FULL
+    console = stderr_console()
+    try:
+        report = asyncio.run(_bench(plan, args.db, console))
+    except BenchFailure as exc:
+        console.print(f"[red]bench ledger failed:[/] {exc}", highlight=False)
+        return 1
+    if args.json:
+        report.write_json(sys.stdout)
+    else:
+        from rich.console import Console
+
+        report.render(Console())
+    return 0
+
+
+# ---------------------------------------------------------------- workloads
+
+def _label(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+class Workload:
+    """Valid transfers between random pairs of accounts 1..accounts, with ids unique in one ledger."""
+
+    def __init__(self, accounts: int, *, seed: int, pool: int = 0) -> None:
+        assert accounts >= 2
+        self.accounts = accounts
+        self.pool = min(pool, accounts) if pool else 0
+        self.rng = random.Random(seed)
+        self.next_id = 1
+
+    def _take(self, n: int) -> int:
+        first = self.next_id
+        self.next_id += n
+        return first
+
+    def pairs(self, n: int) -> list[tuple[int, int]]:
+        rnd = self.rng.random
+        if self.pool:
+            ids = self.rng.sample(range(1, self.accounts + 1), self.pool)
+            k = len(ids)
+            out = []
+            for _ in range(n):
+                d = int(rnd() * k)
+                c = int(rnd() * (k - 1))
+                out.append((ids[d], ids[c + (c >= d)]))
+            return out
+        n_acc = self.accounts
+        out = []
+        for _ in range(n):
+            d = int(rnd() * n_acc)
+            c = int(rnd() * (n_acc - 1))
+            out.append((d + 1, c + (c >= d) + 1))
+        return out
+
+    def request(self, n: int) -> bytes:
+        """A serialized CreateTransfersRequest of `n` new transfers."""
+        from dualflow.v1 import ledger_pb2 as pb
+
+        first = self._take(n)
+        req = pb.CreateTransfersRequest()
+        add = req.transfers.add
+        for i, (d, c) in enumerate(self.pairs(n)):
+            tid = first + i
+            add(id=tid, debit_account_id=d, credit_account_id=c, amount=1 + tid % 1000,
+                currency=CURRENCY, code=TRANSFER_CODE)
+        return req.SerializeToString()
+
+    def requests(self, batch: int, count: int) -> Iterator[tuple[bytes, int]]:
+        for _ in range(count):
+            yield self.request(batch), batch
+
+    def transfers(self, n: int) -> list[Transfer]:
+        first = self._take(n)
+        return [
+            Transfer(first + i, d, c, 1 + (first + i) % 1000, 0, CURRENCY, TRANSFER_CODE)
+            for i, (d, c) in enumerate(self.pairs(n))
+        ]
+
+
+# ------------------------------------------------------------ storage ceiling
+
+@dataclass
+class PreparedBatch:
+    """One batch for the storage ceiling, with everything but the SQL done in advance."""
+
+    transfers: list[Transfer]
+    transfer_ids: frozenset[int]
+    account_ids: frozenset[int]
+    deltas: dict[int, list[int]] = field(default_factory=dict)  # account -> [debits, credits]
+
+    @classmethod
+    def of(cls, transfers: list[Transfer]) -> PreparedBatch:
+        deltas: dict[int, list[int]] = {}
+        for t in transfers:
+            deltas.setdefault(t.debit_account_id, [0, 0])[0] += t.amount
+            deltas.setdefault(t.credit_account_id, [0, 0])[1] += t.amount
+        return cls(transfers, frozenset(t.id for t in transfers), frozenset(deltas), deltas)
+
+
+def storage_only_commit(batch: PreparedBatch, now_ns: int) -> Procedure:
+    """The storage operations `group_commit` issues for this batch, with rows built without the state machine."""
+    n = len(batch.transfers)
+    last_timestamp: int = yield ReserveTimestamps(n, now_ns)
+    first = last_timestamp - n + 1
+    existing = yield LoadTransfers(batch.transfer_ids)
+    if existing:
+        raise BenchFailure(f"storage ceiling: {len(existing)} transfer ids already exist")
+    accounts: dict[int, Account] = yield LoadAccounts(batch.account_ids)
+    if len(accounts) != len(batch.account_ids):
+        raise BenchFailure("storage ceiling: some accounts do not exist")
+    for account_id, (debits, credits) in batch.deltas.items():
+        a = accounts[account_id]
+        a.debits_posted += debits
+        a.credits_posted += credits
+    for i, t in enumerate(batch.transfers):
+        t.timestamp = first + i
+    snap = Snapshot(accounts, {}, now_ns)
+    snap.new_transfers = batch.transfers
+    snap.changed_account_ids = set(batch.account_ids)
+    yield WriteChanges(snap)
+    return [BatchResult([T_OK] * n, list(range(first, first + n)))]
+
+
+async def storage_ceiling(store: LedgerStore, workload: Workload, plan: Plan,
+                          on_progress: Callable[[float], None]) -> Case:
+    batches = [PreparedBatch.of(workload.transfers(BIG_BATCH)) for _ in range(plan.ceiling_batches)]
+    latencies_s: list[float] = []
+    items = 0
+    started = time.perf_counter()
+    for i, batch in enumerate(batches):
+        sent = time.perf_counter()
+        await store.run_procedure(storage_only_commit(batch, time.time_ns()))
+        latencies_s.append(time.perf_counter() - sent)
+        items += len(batch.transfers)
+        on_progress((i + 1) / len(batches))
+    elapsed_s = time.perf_counter() - started
+    return Case.from_latencies("storage_ceiling", items, elapsed_s, latencies_s, batch=BIG_BATCH, concurrency=1)
+
+
+# ---------------------------------------------------------------- helpers
+
+async def create_accounts(store: LedgerStore, n: int, on_progress: Callable[[float], None]) -> None:
+    """Accounts 1..n without limit flags, through the store's real group commit, in large chunks."""
+    code = int(AccountCode.WALLET)
+    for start in range(1, n + 1, ACCOUNTS_CHUNK):
+        chunk = [Account(i, CURRENCY, code) for i in range(start, min(n + 1, start + ACCOUNTS_CHUNK))]
+        [result] = await store.commit([CreateAccounts(chunk)], time.time_ns())
+        bad = [r for r in result.results if r != A_OK]
+        if bad:
+            raise BenchFailure(f"creating accounts: {len(bad)} of {len(chunk)} failed (first result {bad[0]})")
+        on_progress(min(1.0, (start + len(chunk) - 1) / n))
+
+
+def _check_transfers(response: Any, items: int) -> None:
+    results = list(response.results)
+    if len(results) != items or results.count(T_OK) != items:
+        from dualflow.v1 import ledger_pb2 as pb
+
+        bad = next((r for r in results if r != T_OK), None)
+        name = pb.CreateTransferResult.Name(bad) if bad is not None else "missing results"
+        raise BenchFailure(f"CreateTransfers answered {name} for a valid transfer ({len(results)} results "
+                           f"for {items} transfers)")
+
+
+def _check_serving(response: Any, items: int) -> None:
+    from grpc_health.v1 import health_pb2
+
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise BenchFailure(f"Health/Check answered {response.status}")
+
+
+class Steps:
+    """Progress on stderr: one bar over the run's steps, described as they go."""
+
+    def __init__(self, progress: Any, total: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("ledger bench", total=total)
+        self.done = 0
+
+    def start(self, what: str) -> Callable[[float], None]:
+        self.progress.update(self.task, description=what, completed=self.done)
+
+        def on_progress(fraction: float) -> None:
+            self.progress.update(self.task, completed=self.done + fraction)
+
+        return on_progress
+
+    def finish(self) -> None:
+        self.done += 1
+        self.progress.update(self.task, completed=self.done)
+
+
+# ---------------------------------------------------------------- the run
+
+async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
+    scratch = ScratchLedgers(db)
+    report = Report("ledger", scratch.backend)
+    postgres = scratch.backend == "postgres"
+    run_pgbench = postgres and pgbench.available() is not None
+    steps_total = 10 + len(plan.matrix) + len(plan.empty_concurrency) + (1 if run_pgbench else 0)
+    report.settings = {
+        "quick": plan.quick,
+        "accounts": plan.accounts,
+        "large_accounts": plan.large_accounts,
+        "case_seconds_max": plan.case_s,
+        "case_transfers_max": plan.case_transfers_max,
+        "accounts_pool_per_batch": plan.accounts_pool,
+    }
+    scratch.open()
+    try:
+        with progress_bar(console) as progress:
+            steps = Steps(progress, steps_total)
+            await _main_ledger(plan, scratch, report, steps)
+            await _large_ledger(plan, scratch, report, steps)
+            if run_pgbench:
+                on = steps.start(f"pgbench tpcb-like, scale {plan.pgbench_scale}, {plan.pgbench_clients} clients, "
+                                 f"{plan.pgbench_s} s")
+                on(0.0)
+                r = await pgbench.tpcb_like(scratch.database_dsn, scale=plan.pgbench_scale,
+                                            clients=plan.pgbench_clients, threads=min(2, plan.pgbench_clients),
+                                            duration_s=plan.pgbench_s)
+                case = Case.from_latencies("pgbench_tpcb_like", r.transactions, float(r.duration_s), r.latencies_s,
+                                           clients=r.clients, scale=r.scale)
+                case.rate_per_s = r.tps  # pgbench's own figure (without connection time)
+                report.cases.append(case)
+                steps.finish()
+    finally:
+        scratch.close()
+    _ratios(plan, report, postgres, run_pgbench)
+    return report
+
+
+async def _main_ledger(plan: Plan, scratch: ScratchLedgers, report: Report, steps: Steps) -> None:
+    url = scratch.ledger("main")
+    store = store_from_url(url)
+    await store.open()
+    try:
+        await create_accounts(store, plan.accounts, steps.start(f"creating {plan.accounts:,} accounts"))
+        steps.finish()
+        steps.start("starting the server")
+        async with ServerProcess(url) as server:
+            async with load.channel(server.address) as ch:
+                transfers = load.raw_method(ch, CREATE_TRANSFERS, _transfers_response())
+                await _warm_up(transfers, Workload(plan.accounts, seed=0))
+                steps.finish()
+                # First, on the fresh ledger: the 10k side of the 10k-vs-1M comparison.
+                report.cases.append(await _accounts_case(plan, plan.accounts, transfers, steps))
+                # Storage ceiling, in process, on the same database (the server is idle meanwhile).
+                workload = Workload(plan.accounts, seed=1)
+                workload.next_id = 1 << 40  # clear of every id the gRPC cases use
+                on = steps.start(f"storage ceiling: {plan.ceiling_batches} x {BIG_BATCH:,} transfers, in process")
+                report.cases.append(await storage_ceiling(store, workload, plan, on))
+                steps.finish()
+                workload = Workload(plan.accounts, seed=2)
+                workload.next_id = 1 << 41
+                for batch, concurrency in plan.matrix:
+                    report.cases.append(await _transfers_case(plan, transfers, workload, batch, concurrency, steps))
+                health = load.raw_method(ch, HEALTH_CHECK, _health_response())
+                for concurrency in plan.empty_concurrency:
+                    on = steps.start(f"empty RPC (Health/Check) at concurrency {concurrency}")
+                    r = await load.closed_loop(health, _repeat(b"", 1), concurrency=concurrency,
+                                               duration_s=plan.empty_s, check=_check_serving, on_progress=on)
+                    report.cases.append(Case.from_latencies(f"empty_rpc_c{concurrency}", r.items, r.elapsed_s,
+                                                            r.latencies_s, concurrency=concurrency))
+                    steps.finish()
+            steps.start("stopping the server")
+        steps.finish()
+        unbalanced = [t for t in await store.currency_totals() if not t.balanced]
+        if unbalanced:
+            raise BenchFailure(f"the ledger is out of balance after the run: {unbalanced}")
+    finally:
+        await store.close()
+
+
+async def _large_ledger(plan: Plan, scratch: ScratchLedgers, report: Report, steps: Steps) -> None:
+    url = scratch.ledger("large")
+    store = store_from_url(url)
+    await store.open()
+    try:
+        started = time.perf_counter()
+        await create_accounts(store, plan.large_accounts, steps.start(f"creating {plan.large_accounts:,} accounts"))
+        report.settings["large_accounts_create_s"] = round(time.perf_counter() - started, 2)
+    finally:
+        await store.close()
+    steps.finish()
+    steps.start("starting a server on the large ledger")
+    async with ServerProcess(url) as server:
+        async with load.channel(server.address) as ch:
+            transfers = load.raw_method(ch, CREATE_TRANSFERS, _transfers_response())
+            await _warm_up(transfers, Workload(plan.large_accounts, seed=0))
+            steps.finish()
+            report.cases.append(await _accounts_case(plan, plan.large_accounts, transfers, steps))
+        steps.start("stopping the server")
+    steps.finish()
+
+
+async def _warm_up(transfers: Any, workload: Workload) -> None:
+    """A few calls of each size so the first measured call pays no connection or cache setup."""
+    workload.next_id = 1 << 42
+    for batch, count in ((1, 20), (100, 5), (BIG_BATCH, 1)):
+        for request, items in workload.requests(batch, count):
+            _check_transfers(await transfers(request), items)
+
+
+async def _accounts_case(plan: Plan, accounts: int, transfers: Any, steps: Steps) -> Case:
+    workload = Workload(accounts, seed=3, pool=plan.accounts_pool)  # the same seed on both ledgers
+    c = plan.accounts_concurrency
+    requests = list(workload.requests(BIG_BATCH, plan.accounts_batches))
+    on = steps.start(f"{_label(accounts)} accounts: {BIG_BATCH:,}-transfer batches at concurrency {c}")
+    r = await load.closed_loop(transfers, requests, concurrency=c, duration_s=plan.case_s * 2,
+                               check=_check_transfers, on_progress=on)
+    steps.finish()
+    return Case.from_latencies(f"accounts_{_label(accounts)}_batch_{BIG_BATCH}_c{c}", r.items, r.elapsed_s,
+                               r.latencies_s, accounts=accounts, batch=BIG_BATCH, concurrency=c,
+                               rejected=r.rejected)
+
+
+async def _transfers_case(plan: Plan, transfers: Any, workload: Workload, batch: int, concurrency: int,
+                          steps: Steps) -> Case:
+    count = max(1, plan.case_transfers_max // batch)
+    requests: Sequence[tuple[bytes, int]] | Iterator[tuple[bytes, int]]
+    if batch >= PREBUILD_FROM:
+        on = steps.start(f"building {count} requests of {batch:,} transfers")
+        built = []
+        for request in workload.requests(batch, count):
+            built.append(request)
+            on(len(built) / count)
+        requests = built
+    else:
+        requests = workload.requests(batch, count)
+    on = steps.start(f"CreateTransfers: batches of {batch:,} at concurrency {concurrency}")
+    r = await load.closed_loop(transfers, requests, concurrency=concurrency, duration_s=plan.case_s,
+                               check=_check_transfers, on_progress=on)
+    steps.finish()
+    return Case.from_latencies(f"grpc_batch_{batch}_c{concurrency}", r.items, r.elapsed_s, r.latencies_s,
+                               batch=batch, concurrency=concurrency, rejected=r.rejected)
+
+
+def _repeat(request: bytes, items: int) -> Iterator[tuple[bytes, int]]:
+    while True:
+        yield request, items
+
+
+def _transfers_response() -> Callable[[bytes], Any]:
+    from dualflow.v1 import ledger_pb2 as pb
+
+    return pb.CreateTransfersResponse.FromString
+
+
+def _health_response() -> Callable[[bytes], Any]:
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse.FromString
+
+
+# ---------------------------------------------------------------- ratios
+
+def _ratios(plan: Plan, report: Report, postgres: bool, ran_pgbench: bool) -> None:
+    def rate(name: str) -> float | None:
+        c = report.case(name)
+        return c.rate_per_s if c is not None and c.rate_per_s > 0 else None
+
+    def ratio(name: str, num: str | None, den: str | None) -> None:
+        a = rate(num) if num else None
+        b = rate(den) if den else None
+        report.ratios.append(Ratio(name, a / b if a is not None and b is not None else None, TARGETS[name],
+                                   num or "(not measured)", den or "(not measured)"))
+
+    batched = [c for c in report.cases if c.name.startswith(f"grpc_batch_{BIG_BATCH}_c")]
+    best = max(batched, key=lambda c: c.rate_per_s).name if batched else None
+    ratio("batched_vs_storage_ceiling", best, "storage_ceiling")
+    ratio("unary_vs_empty_rpc", "grpc_batch_1_c64", "empty_rpc_c64")
+    if postgres:
+        ratio("pg_batched_vs_pgbench", best, "pgbench_tpcb_like" if ran_pgbench else None)
+        if not ran_pgbench:
+            report.notes.append("pgbench is not installed: pg_batched_vs_pgbench was not measured")
+    c = plan.accounts_concurrency
+    ratio("accounts_1m_vs_10k", f"accounts_{_label(plan.large_accounts)}_batch_{BIG_BATCH}_c{c}",
+          f"accounts_{_label(plan.accounts)}_batch_{BIG_BATCH}_c{c}")
+    if plan.quick:
+        report.notes.append(
+            f"--quick: the large ledger holds {plan.large_accounts:,} accounts, not 1,000,000 "
+            "(accounts_1m_vs_10k compares that ledger with the 10k one); cases are shorter and the "
+            "concurrency matrix is reduced")
+    report.notes.append(
+        f"accounts cases: each {BIG_BATCH:,}-transfer batch draws its pairs from {plan.accounts_pool:,} accounts "
+        "sampled uniformly from the whole ledger, so both ledgers touch as many rows per batch")
+    report.notes.append(
+        f"each case runs for at most {plan.case_s:g} s or {plan.case_transfers_max:,} transfers, whichever "
+        "comes first; 'rejected' counts RESOURCE_EXHAUSTED answers the load generator backed off and resent")

@@ -1,0 +1,157 @@
+"""What every `dualflow bench <area>` prints: cases, ratios against targets, and the machine.
+
+A bench measures its cases, derives ratios against baselines measured in the
+same run, and hands them to a `Report`. The report renders either a human table
+(rich, on stdout) or exactly one JSON object on stdout (see ../shared/BENCH.md
+for the shape); progress always goes to stderr so that `--json` output stays
+clean for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count() or 0,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def percentile_ms(latencies_s: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of latencies in seconds, in milliseconds."""
+    if not latencies_s:
+        return None
+    ordered = sorted(latencies_s)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1] * 1000
+
+
+@dataclass
+class Case:
+    """One measured case. `rate_per_s` counts items (transfers, calls...) the case names."""
+
+    name: str
+    rate_per_s: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_latencies(cls, name: str, items: int, elapsed_s: float, latencies_s: Sequence[float],
+                       **extra: Any) -> Case:
+        return cls(
+            name,
+            items / elapsed_s if elapsed_s > 0 else 0.0,
+            percentile_ms(latencies_s, 50),
+            percentile_ms(latencies_s, 99),
+            {"calls": len(latencies_s), "items": items, "seconds": round(elapsed_s, 3), **extra},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "rate_per_s": round(self.rate_per_s, 1)}
+        out["p50_ms"] = None if self.p50_ms is None else round(self.p50_ms, 3)
+        out["p99_ms"] = None if self.p99_ms is None else round(self.p99_ms, 3)
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class Ratio:
+    """A figure divided by a baseline from the same run, with its target (a minimum)."""
+
+    name: str
+    value: float | None  # None when a side of it could not be measured in this run
+    target_min: float
+    numerator: str = ""
+    denominator: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.value is None else self.value >= self.target_min
+
+
+@dataclass
+class Report:
+    bench: str
+    backend: str
+    cases: list[Case] = field(default_factory=list)
+    ratios: list[Ratio] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=machine)
+
+    def case(self, name: str) -> Case | None:
+        return next((c for c in self.cases if c.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bench": self.bench,
+            "backend": self.backend,
+            "machine": self.machine,
+            "cases": [c.to_json() for c in self.cases],
+            "ratios": {r.name: None if r.value is None else round(r.value, 3) for r in self.ratios},
+            "targets": {r.name: {"min": r.target_min} for r in self.ratios},
+            "passed": {r.name: r.passed for r in self.ratios},
+            "ratio_definitions": {r.name: f"{r.numerator} / {r.denominator}" for r in self.ratios},
+            "settings": self.settings,
+            "notes": self.notes,
+        }
+
+    def write_json(self, out: TextIO) -> None:
+        out.write(json.dumps(self.to_json(), indent=2) + "\n")
+        out.flush()
+
+    def render(self, console: Console) -> None:
+        m = self.machine
+        cases = Table(title=f"dualflow bench {self.bench} - backend {self.backend} - "
+                            f"{m['cpus']} cpus, Python {m['python']}")
+        cases.add_column("case")
+        cases.add_column("rate/s", justify="right")
+        cases.add_column("p50 ms", justify="right")
+        cases.add_column("p99 ms", justify="right")
+        cases.add_column("calls", justify="right")
+        for c in self.cases:
+            cases.add_row(c.name, f"{c.rate_per_s:,.0f}", _ms(c.p50_ms), _ms(c.p99_ms),
+                          str(c.extra.get("calls", "")))
+        console.print(cases)
+        ratios = Table(title="ratios (same run, same machine)")
+        ratios.add_column("ratio")
+        ratios.add_column("value", justify="right")
+        ratios.add_column("target", justify="right")
+        ratios.add_column("result")
+        ratios.add_column("definition")
+        for r in self.ratios:
+            verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[r.passed]
+            ratios.add_row(r.name, "n/a" if r.value is None else f"{r.value:.3f}", f">= {r.target_min:g}",
+                           verdict, f"{r.numerator} / {r.denominator}")
+        console.print(ratios)
+        for note in self.notes:
+            console.print(f"- {note}", highlight=False)
+
+
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v:,.2f}"
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    )
