@@ -251,6 +251,8 @@ class SqliteLedgerStore:
     def _account_balances(self, flt: AccountFilter, after_timestamp: int) -> list[BalanceSnapshot]:
         assert self._rconn is not None
         low, high = bounds(flt, after_timestamp)
+        if low > high:  # e.g. timestamp_min >= 2^63, which no stored timestamp reaches
+            return []
         order = "DESC" if flt.newest_first else "ASC"
         rows = self._rconn.execute(
             "SELECT account_id, timestamp, transfer_id, debits_pending, debits_posted, credits_pending, "
