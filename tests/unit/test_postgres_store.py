@@ -140,6 +140,8 @@ async def test_lost_writer_connection_fails_one_commit_then_reconnects(pg_dsn: s
     store = await _open(pg_dsn)
     try:
         await store.commit([CreateAccounts(_accounts(3))], T0)
+        # Reads in parallel so that the pool holds several connections, all about to die.
+        await asyncio.gather(*(store.currency_totals() for _ in range(16)))
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -148,8 +150,9 @@ async def test_lost_writer_connection_fails_one_commit_then_reconnects(pg_dsn: s
         with pytest.raises(psycopg.OperationalError):
             await store.commit([CreateTransfers([_transfer(1, 1, 2)])], T0)
         assert (await store.commit([CreateTransfers([_transfer(1, 1, 2)])], T0))[0].results == [OK]
-        # The readers' pooled connections were dropped too: reads retry on a fresh one.
+        # The readers' pooled connections were dropped too: a read retries on a fresh one.
         assert [t.id for t in await store.lookup_transfers([1])] == [1]
+        assert len(await asyncio.gather(*(store.lookup_accounts([1]) for _ in range(16)))) == 16
     finally:
         await store.close()
 
