@@ -14,6 +14,9 @@ flight. Beside it, in the same run and on the same machine:
 - on PostgreSQL, `pgbench -b tpcb-like` against the same server;
 - the same batched load on a ledger of 10k accounts and on one of 1M.
 
+The cases each ratio compares run in alternating rounds and each side keeps
+its best round: on a shared machine the best run is the least disturbed one.
+
 Every transfer is valid and must answer OK (random pairs of accounts without
 limit flags, unique ids); anything else stops the run with an error.
 """
@@ -22,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,12 +83,16 @@ class Plan:
     matrix: tuple[tuple[int, int], ...] = ()
     case_s: float = 10.0
     # An upper bound on the transfers one case sends (8000 x 64 would otherwise take minutes).
-    case_transfers_max: int = 640_000
+    case_transfers_max: int = 512_000
     empty_concurrency: tuple[int, ...] = (1, 16, 64)
     empty_s: float = 5.0
-    ceiling_batches: int = 40
+    # Two runs of the ceiling (before and after the 8,000-transfer cases); the better one counts.
+    ceiling_batches: int = 20
     accounts_concurrency: int = 16
-    accounts_batches: int = 48
+    accounts_batches: int = 32
+    # The cases a ratio compares run this many times, alternating; each side's best run counts,
+    # because on a shared machine the best run is the least disturbed one.
+    rounds: int = 3
     # Each batch of the 10k-vs-1M comparison draws its pairs from this many accounts sampled
     # uniformly from the whole ledger, so both ledgers touch as many rows per batch and only
     # the ledger's size differs (uniform pairs over 10k accounts would repeat accounts).
@@ -102,13 +110,14 @@ QUICK = Plan(
     quick=True,
     large_accounts=100_000,
     matrix=((BIG_BATCH, 1), (BIG_BATCH, 4), (100, 16), (1, 1), (1, 64)),
-    case_s=2.0,
-    case_transfers_max=48_000,
     empty_concurrency=(1, 64),
+    case_s=1.5,
+    case_transfers_max=48_000,
     empty_s=1.5,
-    ceiling_batches=4,
+    ceiling_batches=3,
     accounts_concurrency=4,
-    accounts_batches=6,
+    accounts_batches=4,
+    rounds=2,
     pgbench_scale=4,
     pgbench_clients=4,
     pgbench_s=5,
@@ -158,12 +167,12 @@ def _label(n: int) -> str:
 class Workload:
     """Valid transfers between random pairs of accounts 1..accounts, with ids unique in one ledger."""
 
-    def __init__(self, accounts: int, *, seed: int, pool: int = 0) -> None:
+    def __init__(self, accounts: int, *, seed: int, pool: int = 0, first_id: int = 1) -> None:
         assert accounts >= 2
         self.accounts = accounts
         self.pool = min(pool, accounts) if pool else 0
         self.rng = random.Random(seed)
-        self.next_id = 1
+        self.next_id = first_id
 
     def _take(self, n: int) -> int:
         first = self.next_id
@@ -258,20 +267,23 @@ def storage_only_commit(batch: PreparedBatch, now_ns: int) -> Procedure:
     return [BatchResult([T_OK] * n, list(range(first, first + n)))]
 
 
-async def storage_ceiling(store: LedgerStore, workload: Workload, plan: Plan,
+async def storage_ceiling(store: LedgerStore, workload: Workload, batches: int,
                           on_progress: Callable[[float], None]) -> Case:
-    batches = [PreparedBatch.of(workload.transfers(BIG_BATCH)) for _ in range(plan.ceiling_batches)]
+    prepared = [PreparedBatch.of(workload.transfers(BIG_BATCH)) for _ in range(batches)]
     latencies_s: list[float] = []
     items = 0
+    cpu_before = time.process_time()
     started = time.perf_counter()
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(prepared):
         sent = time.perf_counter()
         await store.run_procedure(storage_only_commit(batch, time.time_ns()))
         latencies_s.append(time.perf_counter() - sent)
         items += len(batch.transfers)
-        on_progress((i + 1) / len(batches))
+        on_progress((i + 1) / len(prepared))
     elapsed_s = time.perf_counter() - started
-    return Case.from_latencies("storage_ceiling", items, elapsed_s, latencies_s, batch=BIG_BATCH, concurrency=1)
+    cpu_pct = round((time.process_time() - cpu_before) / elapsed_s * 100)
+    return Case.from_latencies("storage_ceiling", items, elapsed_s, latencies_s, batch=BIG_BATCH, concurrency=1,
+                               client_cpu_pct=cpu_pct)
 
 
 # ---------------------------------------------------------------- helpers
@@ -306,6 +318,36 @@ def _check_serving(response: Any, items: int) -> None:
         raise BenchFailure(f"Health/Check answered {response.status}")
 
 
+async def _check_balanced(store: LedgerStore, what: str) -> None:
+    unbalanced = [t for t in await store.currency_totals() if not t.balanced]
+    if unbalanced:
+        raise BenchFailure(f"the {what} ledger is out of balance after the run: {unbalanced}")
+
+
+async def _load(server: ServerProcess, call: Any, requests: Any, *, concurrency: int, duration_s: float,
+                check: Callable[[Any, int], None], on_progress: Callable[[float], None]
+                ) -> tuple[load.LoadResult, dict[str, Any]]:
+    """One closed-loop run, with the CPU both processes used during it (percent of one core)."""
+    server_before, client_before = server.cpu_seconds(), time.process_time()
+    r = await load.closed_loop(call, requests, concurrency=concurrency, duration_s=duration_s, check=check,
+                               on_progress=on_progress)
+    server_after, client_after = server.cpu_seconds(), time.process_time()
+    extra: dict[str, Any] = {}
+    if r.elapsed_s > 0:
+        if server_before is not None and server_after is not None:
+            extra["server_cpu_pct"] = round((server_after - server_before) / r.elapsed_s * 100)
+        extra["client_cpu_pct"] = round((client_after - client_before) / r.elapsed_s * 100)
+    return r, extra
+
+
+def _best(runs: list[Case]) -> Case:
+    """The best of several runs of one case, with every run's rate alongside."""
+    best = max(runs, key=lambda c: c.rate_per_s)
+    if len(runs) > 1:
+        best.extra["runs_rate_per_s"] = [round(c.rate_per_s, 1) for c in runs]
+    return best
+
+
 class Steps:
     """Progress on stderr: one bar over the run's steps, described as they go."""
 
@@ -334,7 +376,16 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
     report = Report("ledger", scratch.backend)
     postgres = scratch.backend == "postgres"
     run_pgbench = postgres and pgbench.available() is not None
-    steps_total = 10 + len(plan.matrix) + len(plan.empty_concurrency) + (1 if run_pgbench else 0)
+    unary = (1, 64)
+    steps_total = (
+        3  # accounts on both ledgers, servers
+        + 4 * plan.rounds  # 10k vs large, unary vs empty
+        + 2  # storage ceiling runs
+        + len([m for m in plan.matrix if m != unary])
+        + len([c for c in plan.empty_concurrency if c != 64])
+        + 1  # stopping
+        + (1 if run_pgbench else 0)
+    )
     report.settings = {
         "quick": plan.quick,
         "accounts": plan.accounts,
@@ -342,13 +393,14 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
         "case_seconds_max": plan.case_s,
         "case_transfers_max": plan.case_transfers_max,
         "accounts_pool_per_batch": plan.accounts_pool,
+        "rounds": plan.rounds,
     }
+    report.machine["load_avg_1m_at_start"] = _load_avg()
     scratch.open()
     try:
         with progress_bar(console) as progress:
             steps = Steps(progress, steps_total)
-            await _main_ledger(plan, scratch, report, steps)
-            await _large_ledger(plan, scratch, report, steps)
+            await _ledgers(plan, scratch, report, steps)
             if run_pgbench:
                 on = steps.start(f"pgbench tpcb-like, scale {plan.pgbench_scale}, {plan.pgbench_clients} clients, "
                                  f"{plan.pgbench_s} s")
@@ -363,99 +415,134 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
                 steps.finish()
     finally:
         scratch.close()
+    report.machine["load_avg_1m_at_end"] = _load_avg()
+    report.cases.sort(key=_case_order)
     _ratios(plan, report, postgres, run_pgbench)
     return report
 
 
-async def _main_ledger(plan: Plan, scratch: ScratchLedgers, report: Report, steps: Steps) -> None:
-    url = scratch.ledger("main")
-    store = store_from_url(url)
-    await store.open()
+async def _ledgers(plan: Plan, scratch: ScratchLedgers, report: Report, steps: Steps) -> None:
+    """Both ledgers, a server on each, and every case but pgbench."""
+    main_url, large_url = scratch.ledger("main"), scratch.ledger("large")
+    main_store, large_store = store_from_url(main_url), store_from_url(large_url)
+    await main_store.open()
     try:
-        await create_accounts(store, plan.accounts, steps.start(f"creating {plan.accounts:,} accounts"))
-        steps.finish()
-        steps.start("starting the server")
-        async with ServerProcess(url) as server:
-            async with load.channel(server.address) as ch:
-                transfers = load.raw_method(ch, CREATE_TRANSFERS, _transfers_response())
-                await _warm_up(transfers, Workload(plan.accounts, seed=0))
-                steps.finish()
-                # First, on the fresh ledger: the 10k side of the 10k-vs-1M comparison.
-                report.cases.append(await _accounts_case(plan, plan.accounts, transfers, steps))
-                # Storage ceiling, in process, on the same database (the server is idle meanwhile).
-                workload = Workload(plan.accounts, seed=1)
-                workload.next_id = 1 << 40  # clear of every id the gRPC cases use
-                on = steps.start(f"storage ceiling: {plan.ceiling_batches} x {BIG_BATCH:,} transfers, in process")
-                report.cases.append(await storage_ceiling(store, workload, plan, on))
-                steps.finish()
-                workload = Workload(plan.accounts, seed=2)
-                workload.next_id = 1 << 41
-                for batch, concurrency in plan.matrix:
-                    report.cases.append(await _transfers_case(plan, transfers, workload, batch, concurrency, steps))
-                health = load.raw_method(ch, HEALTH_CHECK, _health_response())
-                for concurrency in plan.empty_concurrency:
-                    on = steps.start(f"empty RPC (Health/Check) at concurrency {concurrency}")
-                    r = await load.closed_loop(health, _repeat(b"", 1), concurrency=concurrency,
-                                               duration_s=plan.empty_s, check=_check_serving, on_progress=on)
-                    report.cases.append(Case.from_latencies(f"empty_rpc_c{concurrency}", r.items, r.elapsed_s,
-                                                            r.latencies_s, concurrency=concurrency))
-                    steps.finish()
-            steps.start("stopping the server")
-        steps.finish()
-        unbalanced = [t for t in await store.currency_totals() if not t.balanced]
-        if unbalanced:
-            raise BenchFailure(f"the ledger is out of balance after the run: {unbalanced}")
-    finally:
-        await store.close()
-
-
-async def _large_ledger(plan: Plan, scratch: ScratchLedgers, report: Report, steps: Steps) -> None:
-    url = scratch.ledger("large")
-    store = store_from_url(url)
-    await store.open()
-    try:
-        started = time.perf_counter()
-        await create_accounts(store, plan.large_accounts, steps.start(f"creating {plan.large_accounts:,} accounts"))
-        report.settings["large_accounts_create_s"] = round(time.perf_counter() - started, 2)
-    finally:
-        await store.close()
-    steps.finish()
-    steps.start("starting a server on the large ledger")
-    async with ServerProcess(url) as server:
-        async with load.channel(server.address) as ch:
-            transfers = load.raw_method(ch, CREATE_TRANSFERS, _transfers_response())
-            await _warm_up(transfers, Workload(plan.large_accounts, seed=0))
+        await large_store.open()
+        try:
+            await create_accounts(main_store, plan.accounts, steps.start(f"creating {plan.accounts:,} accounts"))
             steps.finish()
-            report.cases.append(await _accounts_case(plan, plan.large_accounts, transfers, steps))
-        steps.start("stopping the server")
+            started = time.perf_counter()
+            await create_accounts(large_store, plan.large_accounts,
+                                  steps.start(f"creating {plan.large_accounts:,} accounts"))
+            report.settings["large_accounts_create_s"] = round(time.perf_counter() - started, 2)
+            steps.finish()
+            steps.start("starting a server on each ledger")
+            async with ServerProcess(main_url) as main_server, ServerProcess(large_url) as large_server, \
+                    load.channel(main_server.address) as main_ch, load.channel(large_server.address) as large_ch:
+                main = _Target(plan.accounts, main_server, load.raw_method(main_ch, CREATE_TRANSFERS,
+                                                                            _transfers_response()))
+                large = _Target(plan.large_accounts, large_server, load.raw_method(large_ch, CREATE_TRANSFERS,
+                                                                                    _transfers_response()))
+                await _warm_up(main)
+                await _warm_up(large)
+                steps.finish()
+                await _cases(plan, main_store, main, large, load.raw_method(main_ch, HEALTH_CHECK,
+                                                                           _health_response()), report, steps)
+                steps.start("stopping the servers")
+            steps.finish()
+            await _check_balanced(main_store, "10k-account")
+            await _check_balanced(large_store, "large")
+        finally:
+            await large_store.close()
+    finally:
+        await main_store.close()
+
+
+@dataclass
+class _Target:
+    """A ledger under test: its size, its server process and its CreateTransfers method."""
+
+    accounts: int
+    server: ServerProcess
+    transfers: Any
+
+
+async def _cases(plan: Plan, main_store: LedgerStore, main: _Target, large: _Target, health: Any, report: Report,
+                 steps: Steps) -> None:
+    # Transfer id ranges per purpose, so ids stay unique in each ledger.
+    accounts_workloads = {t.accounts: Workload(t.accounts, seed=3, pool=plan.accounts_pool) for t in (main, large)}
+    ceiling_workload = Workload(plan.accounts, seed=1, first_id=1 << 40)
+    matrix_workload = Workload(plan.accounts, seed=2, first_id=1 << 41)
+
+    # 10k vs large, alternating, on ledgers that hold nothing but their accounts yet.
+    runs: dict[int, list[Case]] = {main.accounts: [], large.accounts: []}
+    for r in range(plan.rounds):
+        for target in ((main, large) if r % 2 == 0 else (large, main)):
+            runs[target.accounts].append(
+                await _accounts_case(plan, target, accounts_workloads[target.accounts], steps))
+    report.cases += [_best(runs[main.accounts]), _best(runs[large.accounts])]
+
+    ceilings = []
+    on = steps.start(f"storage ceiling: {plan.ceiling_batches} x {BIG_BATCH:,} transfers, in process")
+    ceilings.append(await storage_ceiling(main_store, ceiling_workload, plan.ceiling_batches, on))
     steps.finish()
+    unary = (1, 64)
+    last_batched = [m for m in plan.matrix if m[0] == BIG_BATCH][-1:]
+    for batch, concurrency in plan.matrix:
+        if (batch, concurrency) == unary:
+            continue  # measured beside the empty RPC below
+        report.cases.append(await _transfers_case(plan, main, matrix_workload, batch, concurrency, steps))
+        if [(batch, concurrency)] == last_batched:
+            # The second ceiling run sees the table as the last batched case left it.
+            on = steps.start(f"storage ceiling again: {plan.ceiling_batches} x {BIG_BATCH:,} transfers")
+            ceilings.append(await storage_ceiling(main_store, ceiling_workload, plan.ceiling_batches, on))
+            steps.finish()
+    report.cases.append(_best(ceilings))
+
+    # Unary vs empty RPC at concurrency 64, alternating.
+    unary_runs: list[Case] = []
+    empty_runs: list[Case] = []
+    for r in range(plan.rounds):
+        for kind in (("unary", "empty") if r % 2 == 0 else ("empty", "unary")):
+            if kind == "unary":
+                unary_runs.append(await _transfers_case(plan, main, matrix_workload, *unary, steps))
+            else:
+                empty_runs.append(await _empty_case(plan, main, health, 64, steps))
+    report.cases += [_best(unary_runs), _best(empty_runs)]
+    for concurrency in plan.empty_concurrency:
+        if concurrency != 64:
+            report.cases.append(await _empty_case(plan, main, health, concurrency, steps))
 
 
-async def _warm_up(transfers: Any, workload: Workload) -> None:
+async def _warm_up(target: _Target) -> None:
     """A few calls of each size so the first measured call pays no connection or cache setup."""
-    workload.next_id = 1 << 42
+    workload = Workload(target.accounts, seed=0, first_id=1 << 42)
     for batch, count in ((1, 20), (100, 5), (BIG_BATCH, 1)):
         for request, items in workload.requests(batch, count):
-            _check_transfers(await transfers(request), items)
+            _check_transfers(await target.transfers(request), items)
 
 
-async def _accounts_case(plan: Plan, accounts: int, transfers: Any, steps: Steps) -> Case:
-    workload = Workload(accounts, seed=3, pool=plan.accounts_pool)  # the same seed on both ledgers
+async def _accounts_case(plan: Plan, target: _Target, workload: Workload, steps: Steps) -> Case:
     c = plan.accounts_concurrency
-    requests = list(workload.requests(BIG_BATCH, plan.accounts_batches))
-    on = steps.start(f"{_label(accounts)} accounts: {BIG_BATCH:,}-transfer batches at concurrency {c}")
-    r = await load.closed_loop(transfers, requests, concurrency=c, duration_s=plan.case_s * 2,
-                               check=_check_transfers, on_progress=on)
+    label = _label(target.accounts)
+    on = steps.start(f"building {plan.accounts_batches} requests of {BIG_BATCH:,} transfers")
+    requests = []
+    for request in workload.requests(BIG_BATCH, plan.accounts_batches):
+        requests.append(request)
+        on(len(requests) / plan.accounts_batches)
+    on = steps.start(f"{label} accounts: {BIG_BATCH:,}-transfer batches at concurrency {c}")
+    r, cpu = await _load(target.server, target.transfers, requests, concurrency=c, duration_s=plan.case_s,
+                         check=_check_transfers, on_progress=on)
     steps.finish()
-    return Case.from_latencies(f"accounts_{_label(accounts)}_batch_{BIG_BATCH}_c{c}", r.items, r.elapsed_s,
-                               r.latencies_s, accounts=accounts, batch=BIG_BATCH, concurrency=c,
-                               rejected=r.rejected)
+    return Case.from_latencies(f"accounts_{label}_batch_{BIG_BATCH}_c{c}", r.items, r.elapsed_s, r.latencies_s,
+                               accounts=target.accounts, batch=BIG_BATCH, concurrency=c, rejected=r.rejected,
+                               abandoned=r.abandoned, **cpu)
 
 
-async def _transfers_case(plan: Plan, transfers: Any, workload: Workload, batch: int, concurrency: int,
+async def _transfers_case(plan: Plan, target: _Target, workload: Workload, batch: int, concurrency: int,
                           steps: Steps) -> Case:
     count = max(1, plan.case_transfers_max // batch)
-    requests: Sequence[tuple[bytes, int]] | Iterator[tuple[bytes, int]]
+    requests: list[tuple[bytes, int]] | Iterator[tuple[bytes, int]]
     if batch >= PREBUILD_FROM:
         on = steps.start(f"building {count} requests of {batch:,} transfers")
         built = []
@@ -466,11 +553,38 @@ async def _transfers_case(plan: Plan, transfers: Any, workload: Workload, batch:
     else:
         requests = workload.requests(batch, count)
     on = steps.start(f"CreateTransfers: batches of {batch:,} at concurrency {concurrency}")
-    r = await load.closed_loop(transfers, requests, concurrency=concurrency, duration_s=plan.case_s,
-                               check=_check_transfers, on_progress=on)
+    r, cpu = await _load(target.server, target.transfers, requests, concurrency=concurrency,
+                         duration_s=plan.case_s, check=_check_transfers, on_progress=on)
     steps.finish()
     return Case.from_latencies(f"grpc_batch_{batch}_c{concurrency}", r.items, r.elapsed_s, r.latencies_s,
-                               batch=batch, concurrency=concurrency, rejected=r.rejected)
+                               batch=batch, concurrency=concurrency, rejected=r.rejected, abandoned=r.abandoned,
+                               **cpu)
+
+
+async def _empty_case(plan: Plan, target: _Target, health: Any, concurrency: int, steps: Steps) -> Case:
+    on = steps.start(f"empty RPC (Health/Check) at concurrency {concurrency}")
+    r, cpu = await _load(target.server, health, _repeat(b"", 1), concurrency=concurrency, duration_s=plan.empty_s,
+                         check=_check_serving, on_progress=on)
+    steps.finish()
+    return Case.from_latencies(f"empty_rpc_c{concurrency}", r.items, r.elapsed_s, r.latencies_s,
+                               concurrency=concurrency, **cpu)
+
+
+def _case_order(case: Case) -> tuple[int, int, int]:
+    """Table order: the gRPC matrix (largest batches first), its ceilings, then the comparisons."""
+    size = -int(case.extra.get("batch", 0)) if case.name.startswith("grpc_") else int(case.extra.get("accounts", 0))
+    concurrency = int(case.extra.get("concurrency", 0))
+    for rank, prefix in enumerate(("grpc_batch_", "storage_ceiling", "empty_rpc_", "accounts_", "pgbench")):
+        if case.name.startswith(prefix):
+            return rank, size, concurrency
+    return 9, 0, 0
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _repeat(request: bytes, items: int) -> Iterator[tuple[bytes, int]]:
@@ -523,5 +637,11 @@ def _ratios(plan: Plan, report: Report, postgres: bool, ran_pgbench: bool) -> No
         f"accounts cases: each {BIG_BATCH:,}-transfer batch draws its pairs from {plan.accounts_pool:,} accounts "
         "sampled uniformly from the whole ledger, so both ledgers touch as many rows per batch")
     report.notes.append(
+        f"storage_ceiling, accounts_*, grpc_batch_1_c64 and empty_rpc_c64 are the best of {plan.rounds} "
+        "alternating runs (storage_ceiling: of 2, before and after the 8,000-transfer cases); every run's rate "
+        "is in runs_rate_per_s")
+    report.notes.append(
         f"each case runs for at most {plan.case_s:g} s or {plan.case_transfers_max:,} transfers, whichever "
-        "comes first; 'rejected' counts RESOURCE_EXHAUSTED answers the load generator backed off and resent")
+        "comes first; 'rejected' counts RESOURCE_EXHAUSTED answers the load generator backed off and resent, "
+        "'abandoned' the requests still refused when the time was up; cpu_pct figures are percent of one core "
+        "(server process, and this client process) during the case")

@@ -8,14 +8,16 @@ with no client-side serializer), so the client spends its time on the wire, not
 on building messages.
 
 A RESOURCE_EXHAUSTED answer is the server's backpressure: the worker backs off
-(exponentially, from 20 ms to 0.5 s) and resends the same request, and the
-call's latency runs from its first attempt to its success. Any other error
-fails the run.
+(exponentially with full jitter, 20 ms doubling up to 1 s) and resends the same
+request, and the call's latency runs from its first attempt to its success. A
+request still being refused when the duration is up is abandoned (counted, not
+completed). Any other error fails the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 BACKOFF_FIRST_S = 0.02
-BACKOFF_MAX_S = 0.5
+BACKOFF_MAX_S = 1.0
 
 
 def channel(address: str) -> grpc.aio.Channel:
@@ -47,6 +49,7 @@ class LoadResult:
     elapsed_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     rejected: int = 0  # RESOURCE_EXHAUSTED answers that were backed off and resent
+    abandoned: int = 0  # requests still refused when the duration was up
 
     @property
     def rate_per_s(self) -> float:
@@ -83,6 +86,7 @@ async def closed_loop(
             request, items = nxt
             sent = time.perf_counter()
             backoff_s = BACKOFF_FIRST_S
+            response = None
             while True:
                 try:
                     response = await call(request)
@@ -91,8 +95,13 @@ async def closed_loop(
                     if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                         raise
                     result.rejected += 1
-                    await asyncio.sleep(backoff_s)
+                    await asyncio.sleep(random.uniform(0, backoff_s))
                     backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                    if time.perf_counter() >= deadline:
+                        break
+            if response is None:
+                result.abandoned += 1
+                return
             done = time.perf_counter()
             check(response, items)
             result.latencies_s.append(done - sent)

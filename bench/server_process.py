@@ -9,6 +9,7 @@ Its stderr goes to a log file whose tail is shown if it fails.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -69,6 +70,17 @@ class ServerProcess:
         if proc.returncode not in (0, -signal.SIGTERM):
             raise ServerFailed(f"the server exited with {proc.returncode}:\n{self.log_tail()}")
         Path(self._log.name).unlink(missing_ok=True)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server process has used so far; None where /proc is missing."""
+        if self._proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        # After the command name: state is field 3, utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 30) -> str:
         if not self._log.closed:
