@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from dualflow.core.errors import DualflowError
+from dualflow.core.errors import DualflowError, Unavailable
 
 from .errors import rich_status, status_for
 
@@ -62,6 +62,13 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Graceful shutdown (Platform.stop in gateway/server.py): once `draining`, new dualflow
+        # calls are answered UNAVAILABLE at once, and the server waits for `in_flight` to reach
+        # zero before it stops grpc.
+        self.draining = False
+        self.in_flight = 0
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -74,7 +81,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, _, method = full.lstrip("/").partition("/")
         if handler.unary_unary is not None:
             return handler._replace(
-                unary_unary=_wrap_unary(handler.unary_unary, service, method),
+                unary_unary=_wrap_unary(handler.unary_unary, service, method, self),
                 request_deserializer=_tolerant(handler.request_deserializer),
             )
         if handler.unary_stream is not None:
@@ -108,7 +115,8 @@ def _code_of(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: str) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: str,
+                gate: ServerInterceptor) -> Callable[..., Awaitable[Any]]:
     handled = {}
     latency = HANDLING_SECONDS.labels(service, method)
     in_flight = IN_FLIGHT.labels(service)
@@ -122,7 +130,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: s
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         in_flight.inc()
+        gate.in_flight += 1
         try:
+            if gate.draining and service.startswith("dualflow."):  # health and reflection keep answering
+                await _abort_for(Unavailable("the server is shutting down; retry on another instance",
+                                             reason="SHUTTING_DOWN"), context, service)
             if isinstance(request, _Malformed):
                 await _abort_for(request, context, service)
             try:
@@ -132,6 +144,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: s
                     raise
                 await _abort_for(exc, context, service)
         finally:
+            gate.in_flight -= 1
             in_flight.dec()
             latency.observe(time.perf_counter() - started)
             count(_code_of(context))

@@ -28,6 +28,8 @@ from .ledger_servicer import LedgerServicer
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# How long no call may be running before grpc is stopped (see Platform._drain).
+DRAIN_QUIET_S = 0.1
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
 )
@@ -43,10 +45,11 @@ class ServerConfig:
     expiry_interval_s: float = 0.2
 
 
-def create_server(ledger: LedgerService, address: str) -> tuple[grpc.aio.Server, int]:
+def create_server(ledger: LedgerService, address: str, *,
+                  interceptor: ServerInterceptor | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor()],
+        interceptors=[interceptor or ServerInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -76,6 +79,7 @@ class Platform:
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_http: object | None = None
+        self._interceptor = ServerInterceptor()
 
     @property
     def address(self) -> str:
@@ -84,7 +88,7 @@ class Platform:
 
     async def start(self) -> None:
         await self.ledger.start()
-        self.server, self.port = create_server(self.ledger, self.config.listen)
+        self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor)
         await self.server.start()
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
@@ -92,9 +96,36 @@ class Platform:
             self.metrics_port = http.server_port
         log.info("dualflow serving on %s (db backend %s)", self.address, self.ledger.store.backend)
 
+    async def _drain(self, grace_s: float) -> float:
+        """Lame duck before grpc's own stop; returns what is left of the grace period.
+
+        Why: grpc.aio's stop() answers CANCELLED to every call the transport has
+        received but the server loop has not yet picked up, and under load that
+        includes calls sent well before the signal (seen in
+        tests/integration/test_serve_lifecycle.py). CANCELLED tells a client
+        nothing about whether its write happened. So first let the loop keep
+        picking calls up while the interceptor answers new ones UNAVAILABLE
+        (not applied, safe to retry), wait until the admitted ones finished and
+        no call has run for DRAIN_QUIET_S, and only then stop grpc.
+        """
+        self._interceptor.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        quiet_since: float | None = None
+        while (now := loop.time()) < deadline:
+            if self._interceptor.in_flight:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= DRAIN_QUIET_S:
+                break
+            await asyncio.sleep(0.01)
+        return max(0.0, deadline - loop.time())
+
     async def stop(self) -> None:
         if self.server is not None:
-            await self.server.stop(self.config.grace_s)  # refuse new calls, drain in-flight ones
+            remaining_s = await self._drain(self.config.grace_s)
+            await self.server.stop(remaining_s)  # refuse new calls, drain in-flight ones
             self.server = None
         await self.ledger.stop()  # flush the group-commit writer, close storage
         if self._metrics_http is not None:
