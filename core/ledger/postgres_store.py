@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     debits_posted BIGINT NOT NULL,
     credits_pending BIGINT NOT NULL,
     credits_posted BIGINT NOT NULL
-) WITH (fillfactor = 80);  -- room for HOT updates: every transfer rewrites two account rows
+);
 CREATE TABLE IF NOT EXISTS transfers (
     id BIGINT PRIMARY KEY,
     debit_account_id BIGINT NOT NULL,
