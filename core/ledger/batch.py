@@ -17,7 +17,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .model import ID_MAX, Account, Transfer
+from .model import ID_MAX, U64_MAX, Account, Transfer
 from .state_machine import (
     A_EXISTS,
     A_OK,
@@ -126,7 +126,8 @@ def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
     for cmd in commands:
         if isinstance(cmd, CreateTransfers):
             for t in cmd.transfers:
-                transfer_ids.add(t.id)
+                if 0 < t.id <= U64_MAX:  # out-of-range ids get ID_INVALID, not a storage error
+                    transfer_ids.add(t.id)
                 if 0 < t.pending_id <= ID_MAX:
                     transfer_ids.add(t.pending_id)
                 account_ids.add(t.debit_account_id)
