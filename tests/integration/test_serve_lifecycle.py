@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from serve_process import ServeFactory, run_cli, serve_processes  # noqa: F401 - fixture
 
 from dualflow.v1 import ledger_pb2 as pb
@@ -62,7 +63,8 @@ async def test_signal_under_load_drains_calls_and_keeps_acknowledged_writes(
     db_url: str, serve_processes: ServeFactory, sig: signal.Signals
 ) -> None:
     rng = random.Random(7)
-    server = serve_processes(db_url, "--grace", "10", name="drain")
+    server = serve_processes(db_url, "--grace", "10", "--metrics-port", "0", name="drain")
+    assert server.metrics_url is not None
     calls: list[Call] = []
     next_id = 1_000
     stop_sending = asyncio.Event()
@@ -103,6 +105,11 @@ async def test_signal_under_load_drains_calls_and_keeps_acknowledged_writes(
         callers = [asyncio.create_task(caller()) for _ in range(16)]
         while sum(c.code == grpc.StatusCode.OK for c in calls) < 10:  # the load is up
             await asyncio.sleep(0.02)
+        # Signal while the server is inside some calls (not merely holding them in grpc's queue,
+        # from where the lame duck refuses them): its own in-flight gauge says when.
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(_ledger_calls_running, server.metrics_url) < 2:
+            assert time.monotonic() < deadline, "the server never ran two calls at once"
         stop_sending.set()  # from here on only the calls already in flight, and the probe
         signalled_s = time.monotonic()
         server.signal(sig)
@@ -117,13 +124,13 @@ async def test_signal_under_load_drains_calls_and_keeps_acknowledged_writes(
     assert SHUTTING_DOWN in server.lines and STOPPED in server.lines, server.diagnostics()
     assert server.lines.index(SHUTTING_DOWN) < server.lines.index(STOPPED)
     assert exited_s < 15, f"took {exited_s:.1f}s to exit after {sig.name}"
-    # A new call during the shutdown is refused as UNAVAILABLE (retry elsewhere), not CANCELLED.
-    assert refusal.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in (refusal.details() or ""), \
-        f"first refused call after {sig.name}: {refusal.code()} {refusal.details()!r}"
     assert in_flight, "no call was in flight when the signal was sent: the test proved nothing"
     codes = Counter(c.code.name if c.code else "NONE" for c in in_flight)
     assert set(codes) <= {"OK", "UNAVAILABLE"}, f"calls in flight at the signal ended with {codes}\n" \
         f"{server.stderr_tail()}"
+    # A new call during the shutdown is refused as UNAVAILABLE (retry elsewhere), not CANCELLED.
+    assert refusal.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in (refusal.details() or ""), \
+        f"first refused call after {sig.name}: {refusal.code()} {refusal.details()!r}"
     # Calls already running when the signal came are drained, not dropped.
     drained = [c for c in in_flight if c.code == grpc.StatusCode.OK]
     assert drained, f"none of the {len(in_flight)} in-flight calls completed: {codes}"
@@ -176,14 +183,23 @@ async def test_health_metrics_and_shutdown_of_the_metrics_endpoint(tmp_path: Pat
         await open_accounts(ledger_pb2_grpc.LedgerStub(channel))
 
     body = await asyncio.to_thread(_get, server.metrics_url)
-    assert 'dualflow_grpc_server_handled_total{code="OK",method="CreateAccounts",service="dualflow.v1.Ledger"} 1.0' \
-        in body, body[:2000]
+    handled = {(s.labels.get("method"), s.labels.get("code")): s.value
+               for family in text_string_to_metric_families(body) if family.name == "dualflow_grpc_server_handled"
+               for s in family.samples if s.name == "dualflow_grpc_server_handled_total"}
+    assert handled.get(("CreateAccounts", "OK")) == 1.0, f"CreateAccounts OK count: {handled}\n{body[:2000]}"
 
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0, server.diagnostics()
     assert server.lines[-2:] == [SHUTTING_DOWN, STOPPED], server.lines
     with pytest.raises(urllib.error.URLError):  # the endpoint went away with the process
         _get(server.metrics_url)
+
+
+def _ledger_calls_running(metrics_url: str) -> float:
+    for family in text_string_to_metric_families(_get(metrics_url)):
+        if family.name == "dualflow_grpc_server_in_flight":
+            return sum(s.value for s in family.samples if s.labels.get("service") == "dualflow.v1.Ledger")
+    return 0.0
 
 
 def _get(url: str) -> str:
