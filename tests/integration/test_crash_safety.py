@@ -267,9 +267,28 @@ async def lookup_accounts(stub: ledger_pb2_grpc.LedgerStub) -> dict[int, pb.Acco
     return {a.id: a for a in resp.accounts}
 
 
-async def consistent_read(stub: ledger_pb2_grpc.LedgerStub, ledger: Ledger
-                          ) -> tuple[dict[int, pb.Account], dict[int, pb.Transfer], dict[int, list[int]]]:
-    """Accounts, stored transfers and statements from one quiet moment.
+async def last_snapshots(stub: ledger_pb2_grpc.LedgerStub) -> dict[int, pb.AccountBalance]:
+    """The newest balance snapshot of every history account that has one."""
+    out = {}
+    for a in ACCOUNTS:
+        if a.flags & HISTORY:
+            resp = await stub.GetAccountBalances(pb.GetAccountBalancesRequest(
+                filter=pb.AccountFilter(account_id=a.id, limit=1, newest_first=True)), timeout=30)
+            if resp.balances:
+                out[a.id] = resp.balances[0]
+    return out
+
+
+@dataclass
+class Reading:
+    accounts: dict[int, pb.Account]
+    stored: dict[int, pb.Transfer]
+    statements: dict[int, list[int]]
+    snapshots: dict[int, pb.AccountBalance]
+
+
+async def consistent_read(stub: ledger_pb2_grpc.LedgerStub, ledger: Ledger) -> Reading:
+    """Accounts, stored transfers, statements and history from one quiet moment.
 
     The expiry sweeper may write while we read. Every write moves some balance
     (an expiry lowers pending ones), so equal account reads before and after
@@ -280,9 +299,10 @@ async def consistent_read(stub: ledger_pb2_grpc.LedgerStub, ledger: Ledger
         before = await lookup_accounts(stub)
         stored = await lookup_transfers(stub, ids)
         statements = {a.id: await statement_ids(stub, a.id) for a in ACCOUNTS}
+        snapshots = await last_snapshots(stub)
         after = await lookup_accounts(stub)
         if before == after:
-            return after, stored, statements
+            return Reading(after, stored, statements, snapshots)
         await asyncio.sleep(0.2)
     raise AssertionError("the ledger never held still for an audit (20 attempts)")
 
@@ -295,7 +315,8 @@ def same_fields(sent: pb.Transfer, stored: pb.Transfer, timestamp: int | None) -
 
 
 async def audit(stub: ledger_pb2_grpc.LedgerStub, ledger: Ledger, label: str) -> None:
-    accounts, stored, statements = await consistent_read(stub, ledger)
+    reading = await consistent_read(stub, ledger)
+    accounts, stored, statements = reading.accounts, reading.stored, reading.statements
     assert set(accounts) == set(BY_ID), f"{label}: accounts lost: {set(BY_ID) - set(accounts)}"
     sent = {t.id: t for call in ledger.calls for t in call.transfers}
 
@@ -385,9 +406,8 @@ async def audit(stub: ledger_pb2_grpc.LedgerStub, ledger: Ledger, label: str) ->
         if a.flags & WALLET:
             assert a.debits_pending + a.debits_posted <= a.credits_posted, f"{label}: wallet {a.id} overdrawn"
         if a.flags & HISTORY and actual != [0, 0, 0, 0]:
-            resp = await stub.GetAccountBalances(pb.GetAccountBalancesRequest(
-                filter=pb.AccountFilter(account_id=a.id, limit=1, newest_first=True)), timeout=30)
-            last = resp.balances[0]
+            last = reading.snapshots.get(a.id)
+            assert last is not None, f"{label}: history account {a.id} has balances but no snapshot"
             assert [last.debits_pending, last.debits_posted, last.credits_pending, last.credits_posted] == actual, \
                 f"{label}: account {a.id}'s last history snapshot {last} differs from its balances {actual}"
     for currency, members in BY_CURRENCY.items():
