@@ -48,9 +48,9 @@ from dualflow.core.ledger.state_machine import A_OK, T_OK, Snapshot
 from dualflow.core.ledger.store import LedgerStore
 
 from . import load, pgbench
-from .report import Case, Ratio, Report, progress_bar, stderr_console
+from .report import Case, Ratio, Report, progress_bar, source_version, stderr_console
 from .scratch import ScratchLedgers
-from .server_process import ServerProcess
+from .server_process import ServerFailed, ServerProcess
 
 CURRENCY = "USD"
 TRANSFER_CODE = 1
@@ -134,6 +134,8 @@ def add_parser(areas: Any) -> None:
                         "server and dropped); default: temporary SQLite files, removed afterwards")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--quick", action="store_true", help="a reduced run (under a minute on SQLite)")
+    p.add_argument("--save", metavar="PATH", default=None,
+                   help="also write the JSON object to PATH (to keep a run's figures beside its table)")
     p.set_defaults(bench_run=run)
 
 
@@ -142,9 +144,12 @@ def run(args: argparse.Namespace) -> int:
     console = stderr_console()
     try:
         report = asyncio.run(_bench(plan, args.db, console))
-    except BenchFailure as exc:
+    except (BenchFailure, ServerFailed, pgbench.PgbenchFailed) as exc:
         console.print(f"[red]bench ledger failed:[/] {exc}", highlight=False)
         return 1
+    if args.save:
+        with open(args.save, "w") as out:
+            report.write_json(out)
     if args.json:
         report.write_json(sys.stdout)
     else:
@@ -394,6 +399,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
         "case_transfers_max": plan.case_transfers_max,
         "accounts_pool_per_batch": plan.accounts_pool,
         "rounds": plan.rounds,
+        "source": source_version(),
     }
     report.machine["load_avg_1m_at_start"] = _load_avg()
     scratch.open()
@@ -435,6 +441,8 @@ async def _ledgers(plan: Plan, scratch: ScratchLedgers, report: Report, steps: S
             await create_accounts(large_store, plan.large_accounts,
                                   steps.start(f"creating {plan.large_accounts:,} accounts"))
             report.settings["large_accounts_create_s"] = round(time.perf_counter() - started, 2)
+            for url in (main_url, large_url):
+                await asyncio.to_thread(scratch.settle, url)
             steps.finish()
             steps.start("starting a server on each ledger")
             async with ServerProcess(main_url) as main_server, ServerProcess(large_url) as large_server, \
@@ -635,7 +643,8 @@ def _ratios(plan: Plan, report: Report, postgres: bool, ran_pgbench: bool) -> No
             "concurrency matrix is reduced")
     report.notes.append(
         f"accounts cases: each {BIG_BATCH:,}-transfer batch draws its pairs from {plan.accounts_pool:,} accounts "
-        "sampled uniformly from the whole ledger, so both ledgers touch as many rows per batch")
+        "sampled uniformly from the whole ledger, so both ledgers touch as many rows per batch; after the bulk "
+        "load both ledgers are settled before any case (PostgreSQL: VACUUM ANALYZE; SQLite: WAL checkpoint)")
     report.notes.append(
         f"storage_ceiling, accounts_*, grpc_batch_1_c64 and empty_rpc_c64 are the best of {plan.rounds} "
         "alternating runs (storage_ceiling: of 2, before and after the 8,000-transfer cases); every run's rate "

@@ -19,6 +19,10 @@ from pathlib import Path
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 
 
+class PgbenchFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class PgbenchResult:
     tps: float
@@ -40,7 +44,7 @@ async def _run(*argv: str) -> str:
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n{text[-2000:]}")
+        raise PgbenchFailed(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n{text[-2000:]}")
     return text
 
 
@@ -56,7 +60,7 @@ async def tpcb_like(dsn: str, *, scale: int, clients: int, threads: int, duratio
         )
         m = _TPS.search(text)
         if m is None:
-            raise RuntimeError(f"could not read the tps from pgbench's output:\n{text[-2000:]}")
+            raise PgbenchFailed(f"could not read the tps from pgbench's output:\n{text[-2000:]}")
         latencies_s: list[float] = []
         for log in Path(logdir).glob("tx.*"):
             for line in log.read_text().splitlines():

@@ -13,8 +13,10 @@ import json
 import math
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -28,6 +30,17 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def source_version() -> str | None:
+    """`git describe --always --dirty` of the checkout the bench runs from, if it is one."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def percentile_ms(latencies_s: Sequence[float], q: float) -> float | None:
@@ -123,10 +136,17 @@ class Report:
         cases.add_column("p50 ms", justify="right")
         cases.add_column("p99 ms", justify="right")
         cases.add_column("calls", justify="right")
+        cases.add_column("server cpu %", justify="right")
+        cases.add_column("runs (rate/s)", justify="right")
         for c in self.cases:
+            runs = c.extra.get("runs_rate_per_s")
             cases.add_row(c.name, f"{c.rate_per_s:,.0f}", _ms(c.p50_ms), _ms(c.p99_ms),
-                          str(c.extra.get("calls", "")))
+                          str(c.extra.get("calls", "")), str(c.extra.get("server_cpu_pct", "")),
+                          " ".join(f"{r:,.0f}" for r in runs) if runs else "")
         console.print(cases)
+        loads = [m.get(k) for k in ("load_avg_1m_at_start", "load_avg_1m_at_end")]
+        console.print(f"load average (1 min) at start {loads[0]}, at end {loads[1]}; platform {m['platform']}; "
+                      f"source {self.settings.get('source') or 'unknown'}", highlight=False)
         ratios = Table(title="ratios (same run, same machine)")
         ratios.add_column("ratio")
         ratios.add_column("value", justify="right")
