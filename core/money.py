@@ -76,6 +76,10 @@ def parse_major(text: str, currency: str) -> int:
         value = Decimal(text)
     except InvalidOperation:
         raise ValueError(f"not a number: {text!r}") from None
+    # Decimal accepts "Infinity" and "sNaN"; without this they escape as
+    # OverflowError / decimal.InvalidOperation instead of a ValueError.
+    if not value.is_finite():
+        raise ValueError(f"not a finite number: {text!r}")
     scaled = value.scaleb(digits)
     if scaled != scaled.to_integral_value():
         raise ValueError(f"{text!r} has more than {digits} decimal places for {currency}")

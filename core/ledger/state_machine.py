@@ -358,19 +358,29 @@ def _exists(existing: Transfer, t: Transfer) -> int:
 
 def _post_or_void(snap: Snapshot, t: Transfer, timestamp: int) -> int:
     flags = t.flags
-    if t.pending_id == 0 or t.pending_id == t.id or t.pending_id > ID_MAX:
+    # Ranges are checked on both sides: Python ints can be negative even where
+    # the wire type is unsigned, and a negative post amount would post a
+    # negative sum (balances going below zero while still "balanced").
+    if not 0 < t.pending_id <= ID_MAX or t.pending_id == t.id:
         return _T.PENDING_ID_INVALID
     if t.timeout_s:
         return _T.TIMEOUT_INVALID
-    if t.debit_account_id > ID_MAX or t.credit_account_id > ID_MAX:
+    if not (0 <= t.debit_account_id <= ID_MAX and 0 <= t.credit_account_id <= ID_MAX):
         return _T.ACCOUNT_ID_INVALID
-    if t.amount > AMOUNT_MAX:
+    if not 0 <= t.amount <= AMOUNT_MAX:
         return _T.AMOUNT_INVALID
     if t.currency and t.currency not in CURRENCIES:
         return _T.CURRENCY_INVALID
     existing = snap.transfers.get(t.id)
     if existing is not None:
-        return _exists(existing, t)
+        result = _exists(existing, t)
+        # Post amount 0 means "the full pending amount", not "inherit whatever
+        # was posted": its replay must not match an earlier partial post.
+        if result == T_EXISTS and flags & F_POST and t.amount == 0:
+            p = snap.transfers.get(t.pending_id)
+            if p is not None and existing.amount != p.amount:
+                return _T.EXISTS_WITH_DIFFERENT_FIELDS
+        return result
     p = snap.transfers.get(t.pending_id)
     if p is None:
         return _T.PENDING_NOT_FOUND
