@@ -72,12 +72,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     async def CreateAccounts(
         self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateAccountsResponse:
+        self.ledger.admit(len(request.accounts), "accounts")
         result = await self.ledger.create_accounts([account_from_pb(a) for a in request.accounts])
         return pb.CreateAccountsResponse(results=result.results, timestamps=result.timestamps)  # type: ignore[arg-type]
 
     async def CreateTransfers(
         self, request: pb.CreateTransfersRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateTransfersResponse:
+        # Admission first: refusing an overloaded 8,000-item batch must not cost its conversion.
+        self.ledger.admit(len(request.transfers), "transfers")
         result = await self.ledger.create_transfers([transfer_from_pb(t) for t in request.transfers])
         return pb.CreateTransfersResponse(results=result.results, timestamps=result.timestamps)  # type: ignore[arg-type]
 

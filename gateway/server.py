@@ -46,7 +46,8 @@ class ServerConfig:
 
 
 def create_server(ledger: LedgerService, address: str, *,
-                  interceptor: ServerInterceptor | None = None) -> tuple[grpc.aio.Server, int]:
+                  interceptor: ServerInterceptor | None = None,
+                  health_servicer: health.aio.HealthServicer | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
         interceptors=[interceptor or ServerInterceptor()],
@@ -57,7 +58,7 @@ def create_server(ledger: LedgerService, address: str, *,
         ],
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(ledger), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         # set() is a coroutine in the aio servicer; schedule it on the running loop.
@@ -80,6 +81,7 @@ class Platform:
         self.metrics_port: int | None = None
         self._metrics_http: object | None = None
         self._interceptor = ServerInterceptor()
+        self._health = health.aio.HealthServicer()
 
     @property
     def address(self) -> str:
@@ -88,7 +90,8 @@ class Platform:
 
     async def start(self) -> None:
         await self.ledger.start()
-        self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor)
+        self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor,
+                                                health_servicer=self._health)
         await self.server.start()
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
@@ -109,6 +112,8 @@ class Platform:
         no call has run for DRAIN_QUIET_S, and only then stop grpc.
         """
         self._interceptor.draining = True
+        # Load balancers and health probes see NOT_SERVING for the whole drain.
+        await self._health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         quiet_since: float | None = None

@@ -37,6 +37,7 @@ from .model import (
 )
 
 AMOUNT_MAX: Final = ID_MAX
+U32_MAX: Final = 2**32 - 1
 
 # Plain ints on the hot path: IntEnum comparisons cost several times more.
 _A = CreateAccountResult
@@ -286,11 +287,13 @@ def _create_transfer(snap: Snapshot, t: Transfer, timestamp: int) -> int:
         return _T.SAME_ACCOUNT
     if t.pending_id != 0:
         return _T.PENDING_ID_INVALID
-    if t.timeout_s and not flags & F_PENDING:
+    # Wire types are uint32, but the domain API takes Python ints: bound them here so an
+    # out-of-range value is a result, not an int64 overflow inside the commit.
+    if (t.timeout_s and not flags & F_PENDING) or not 0 <= t.timeout_s <= U32_MAX:
         return _T.TIMEOUT_INVALID
     if not 0 < amount <= AMOUNT_MAX:
         return _T.AMOUNT_INVALID
-    if t.code == 0:
+    if not 0 < t.code <= U32_MAX:
         return _T.CODE_INVALID
     if t.currency not in CURRENCIES:
         return _T.CURRENCY_INVALID
@@ -369,6 +372,8 @@ def _post_or_void(snap: Snapshot, t: Transfer, timestamp: int) -> int:
         return _T.ACCOUNT_ID_INVALID
     if not 0 <= t.amount <= AMOUNT_MAX:
         return _T.AMOUNT_INVALID
+    if not 0 <= t.code <= U32_MAX:
+        return _T.CODE_INVALID
     if t.currency and t.currency not in CURRENCIES:
         return _T.CURRENCY_INVALID
     existing = snap.transfers.get(t.id)

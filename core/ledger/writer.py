@@ -73,24 +73,29 @@ class GroupCommitWriter:
         await self._task
         self._task = None
 
-    async def submit(self, command: Command) -> BatchResult:
+    def admit(self, items: int) -> None:
+        """Raise at once if `items` more would not be accepted now (cheap: call it before decoding work)."""
         if self._closing or self._task is None:
             raise Unavailable("the ledger is shutting down", reason="SHUTTING_DOWN")
-        n = _items(command)
-        if self._queued_items + n > self.queue_items_max and self._queued_items > 0:
+        if self._queued_items + items > self.queue_items_max and self._queued_items > 0:
             metrics.REJECTED_OVERLOAD.inc()
             raise Overloaded(
                 f"ledger writer queue is full ({self._queued_items} items waiting)",
                 reason="WRITER_QUEUE_FULL",
                 retry_after_ms=20,
             )
+
+    async def submit(self, command: Command) -> BatchResult:
+        n = _items(command)
+        self.admit(n)
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queued_items += n
         metrics.WRITER_QUEUE_ITEMS.set(self._queued_items)
         self._queue.put_nowait(_Entry(command, n, future))
-        # Shielded: a caller that gives up must not cancel a commit others share;
-        # its transfer may still commit, and a retry then answers EXISTS.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its own future: the writer holds the
+        # command, not the future, so the shared commit goes on (its transfer may
+        # still commit, and a retry then answers EXISTS); _settle skips done futures.
+        return await future
 
     async def _run(self) -> None:
         stopping = False
