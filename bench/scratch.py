@@ -14,24 +14,9 @@ import os
 import secrets
 import shutil
 import tempfile
-import urllib.parse
 from pathlib import Path
 
-
-def is_postgres(db: str | None) -> bool:
-    return bool(db) and db.startswith(("postgresql://", "postgres://"))  # type: ignore[union-attr]
-
-
-def with_database(dsn: str, database: str) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def with_search_path(dsn: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-csearch_path={schema}"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+from dualflow.core.ledger.open_store import is_postgres, with_database, with_search_path
 
 
 class ScratchLedgers:

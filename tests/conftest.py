@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dualflow.core.ledger.open_store import with_database, with_search_path
+
 PG_ADMIN_DSN = os.environ.get("DUALFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def _with_search_path(dsn: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-csearch_path={schema}"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +39,7 @@ def pg_database() -> Iterator[str]:
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield _with_database(PG_ADMIN_DSN, name)
+            yield with_database(PG_ADMIN_DSN, name)
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -64,7 +53,7 @@ def pg_dsn(pg_database: str) -> Iterator[str]:
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield _with_search_path(pg_database, schema)
+        yield with_search_path(pg_database, schema)
     finally:
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
