@@ -42,6 +42,7 @@ from dualflow.v1 import ledger_pb2_grpc
 pytestmark = pytest.mark.timeout(120)
 
 KILLS_PER_BACKEND = 3
+SOAK_KILLS_PER_BACKEND = 12
 EXPIRY_ID_BASE = 2**63
 LOOKUP_CHUNK = 8000
 CALL_TIMEOUT_S = 15.0
@@ -449,6 +450,17 @@ async def open_accounts(stub: ledger_pb2_grpc.LedgerStub) -> None:
 
 
 async def test_sigkill_under_load_loses_no_acknowledged_write(db_url: str, serve_processes: ServeFactory) -> None:
+    await crash_rounds(db_url, serve_processes, KILLS_PER_BACKEND)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+async def test_sigkill_soak(db_url: str, serve_processes: ServeFactory) -> None:
+    """The same audit over many more kills: `pytest -m slow` (a few minutes per backend)."""
+    await crash_rounds(db_url, serve_processes, SOAK_KILLS_PER_BACKEND)
+
+
+async def crash_rounds(db_url: str, serve_processes: ServeFactory, kills: int) -> None:
     seed = int(os.environ.get("DUALFLOW_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     print(f"crash-safety seed {seed} (rerun with DUALFLOW_CRASH_SEED={seed})")
     rng = random.Random(seed)
@@ -462,7 +474,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(db_url: str, serve
         await replay_and_extend(stub, ledger, "setup")  # funds every wallet
 
     interrupted = 0
-    for kill in range(1, KILLS_PER_BACKEND + 1):
+    for kill in range(1, kills + 1):
         callers = [Caller(ledger, random.Random(rng.getrandbits(64))) for _ in range(rng.randint(16, 32))]
         kill_after_s = rng.uniform(0.3, 1.5)
         stats = await load_then_kill(server, ledger, callers, kill_after_s)
@@ -483,4 +495,4 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(db_url: str, serve
     assert interrupted > 0, f"seed {seed}: no call was in flight at any kill"
     server.signal(signal.SIGTERM)
     assert server.wait(30) == 0, server.diagnostics()
-    print(f"seed {seed}: {KILLS_PER_BACKEND} kills on {server.backend} in {time.monotonic() - started:.1f}s")
+    print(f"seed {seed}: {kills} kills on {server.backend} in {time.monotonic() - started:.1f}s")
