@@ -149,9 +149,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: s
                 await _abort_for(request, context, service)
             try:
                 return await behavior(request, context)
-            except (DualflowError, Exception) as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one status, in _abort_for
                 await _abort_for(exc, context, service)
         finally:
             gate.in_flight -= 1

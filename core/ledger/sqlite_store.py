@@ -31,15 +31,7 @@ from .batch import (
     run_sync,
 )
 from .model import Account, AccountFilter, BalanceSnapshot, PendingStatus, Transfer
-from .rows import (  # noqa: F401 - account_row, transfer_row: re-exported, they lived here before
-    ACCOUNT_COLUMNS,
-    TRANSFER_COLUMNS,
-    account_from_row,
-    account_row,
-    transfer_from_row,
-    transfer_row,
-    write_rows,
-)
+from .rows import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, account_from_row, transfer_from_row, write_rows
 from .store import CurrencyTotals, bounds, from_db, to_db
 
 log = logging.getLogger(__name__)
