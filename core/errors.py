@@ -12,7 +12,9 @@ reason and `violations` the BadRequest field violations.
     ├── AlreadyExists         -> ALREADY_EXISTS
     ├── PreconditionFailed    -> FAILED_PRECONDITION
     ├── Overloaded            -> RESOURCE_EXHAUSTED (with a retry delay)
-    └── Unavailable           -> UNAVAILABLE (shutting down, storage down)
+    ├── Unavailable           -> UNAVAILABLE (shutting down, storage down)
+    ├── Unauthenticated       -> UNAUTHENTICATED (no or unknown credentials)
+    └── PermissionDenied      -> PERMISSION_DENIED (known caller, not allowed this)
 """
 
 from __future__ import annotations
@@ -71,3 +73,11 @@ class Overloaded(DualflowError):
 
 class Unavailable(DualflowError):
     reason = "UNAVAILABLE"
+
+
+class Unauthenticated(DualflowError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DualflowError):
+    reason = "PERMISSION_DENIED"

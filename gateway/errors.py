@@ -21,7 +21,9 @@ from dualflow.core.errors import (
     InvalidRequest,
     NotFound,
     Overloaded,
+    PermissionDenied,
     PreconditionFailed,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -32,6 +34,8 @@ _CODES: tuple[tuple[type[DualflowError], grpc.StatusCode], ...] = (
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
