@@ -26,7 +26,8 @@ class Database(Protocol):
         """Run a read on a read connection; rows as tuples."""
         ...
 
-    async def write(self, statements: Sequence[Statement]) -> list[int]:
-        """Run the statements in one durable transaction through the group-commit writer
-        (acknowledged only after COMMIT); answers each statement's row count."""
+    async def write(self, statements: Sequence[Statement]) -> None:
+        """Run the statements in one durable transaction through the group-commit writer;
+        returns only after COMMIT. Row counts are not reported (PostgreSQL pipelines
+        them): read first, or use `INSERT ... ON CONFLICT` to make a write idempotent."""
         ...
