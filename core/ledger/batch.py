@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union, runtime_checkable
 
 from .model import ID_MAX, U64_MAX, Account, Transfer
 from .state_machine import (
@@ -46,7 +46,24 @@ class ExpirePending:
     limit: int = 8190
 
 
-Command = Union[CreateAccounts, CreateTransfers, ExpirePending]
+@runtime_checkable
+class Extension(Protocol):
+    """A command that runs its own code inside the group commit.
+
+    Payments, the outbox and webhooks keep tables beside the ledger's; an
+    Extension lets them read those tables, create ledger accounts and transfers
+    and write their own rows in the same transaction, so a payment's state, its
+    postings and its event commit together or not at all. `run` is a generator
+    driven like the procedure itself: it uses `yield from ctx.<op>(...)`.
+    `max_items` bounds the ledger items plus timestamps it may use.
+    """
+
+    max_items: int
+
+    def run(self, ctx: Context) -> Generator[Operation, Any, Any]: ...
+
+
+Command = Union[CreateAccounts, CreateTransfers, ExpirePending, Extension]
 
 
 @dataclass(slots=True)
@@ -54,6 +71,7 @@ class BatchResult:
     results: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     expired: int = 0
+    value: Any = None  # what an Extension's run returned
 
 
 # ---- operations: what the procedure asks the storage backend for
@@ -94,7 +112,25 @@ class WriteChanges:
     snapshot: Snapshot
 
 
-Operation = Union[ReserveTimestamps, LoadExpired, LoadTransfers, LoadAccounts, WriteChanges]
+@dataclass(slots=True, frozen=True)
+class Query:
+    """Run a read inside the transaction (sees this transaction's writes); answers list[tuple].
+
+    SQL is portable between SQLite and PostgreSQL, with `?` placeholders."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Execute:
+    """Run a write inside the transaction; answers None."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+Operation = Union[ReserveTimestamps, LoadExpired, LoadTransfers, LoadAccounts, WriteChanges, Query, Execute]
 Procedure = Generator[Operation, Any, list[BatchResult]]
 
 
@@ -105,9 +141,83 @@ def item_count(commands: Sequence[Command]) -> int:
             n += len(cmd.transfers)
         elif isinstance(cmd, CreateAccounts):
             n += len(cmd.accounts)
-        else:
+        elif isinstance(cmd, ExpirePending):
             n += cmd.limit
+        else:
+            n += cmd.max_items
     return n
+
+
+class Context:
+    """What an Extension may do inside a group commit.
+
+    Rows it names that the batch has not loaded yet are loaded on demand (a
+    row already in the snapshot is never reloaded: an earlier command of the
+    same batch may have changed it). Timestamps come from the Extension's own
+    reserved block, so everything stays strictly ordered.
+    """
+
+    __slots__ = ("snap", "now_ns", "_next", "_end", "_net_before")
+
+    def __init__(self, snap: Snapshot, now_ns: int, first_timestamp: int, budget: int,
+                 net_before: dict[str, int]) -> None:
+        self.snap = snap
+        self.now_ns = now_ns
+        self._next = first_timestamp
+        self._end = first_timestamp + budget
+        self._net_before = net_before
+
+    def timestamp(self) -> int:
+        """A fresh ledger timestamp: unique and increasing across all commits (outbox sequence numbers use it)."""
+        return self._take(1)
+
+    def _take(self, n: int) -> int:
+        first = self._next
+        assert first + n <= self._end, "extension used more items than its max_items"
+        self._next += n
+        return first
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Generator[Operation, Any, list[tuple[Any, ...]]]:
+        rows: list[tuple[Any, ...]] = yield Query(sql, tuple(params))
+        return rows
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Generator[Operation, Any, None]:
+        yield Execute(sql, tuple(params))
+
+    def _load(self, transfer_ids: set[int], account_ids: set[int]) -> Generator[Operation, Any, None]:
+        snap = self.snap
+        missing_t = {i for i in transfer_ids if 0 < i <= U64_MAX and i not in snap.transfers}
+        if missing_t:
+            loaded: dict[int, Transfer] = yield LoadTransfers(frozenset(missing_t))
+            for t in loaded.values():
+                snap.transfers.setdefault(t.id, t)
+                account_ids.add(t.debit_account_id)
+                account_ids.add(t.credit_account_id)
+        missing_a = {i for i in account_ids if 0 < i <= ID_MAX and i not in snap.accounts}
+        if missing_a:
+            found: dict[int, Account] = yield LoadAccounts(frozenset(missing_a))
+            for a in found.values():
+                snap.accounts[a.id] = a
+                for c, v in _net_by_currency((a,)).items():
+                    self._net_before[c] = self._net_before.get(c, 0) + v
+
+    def create_accounts(self, accounts: Sequence[Account]) -> Generator[Operation, Any, list[int]]:
+        yield from self._load(set(), {a.id for a in accounts})
+        return create_accounts(self.snap, accounts, self._take(len(accounts)))
+
+    def create_transfers(self, transfers: Sequence[Transfer]) -> Generator[Operation, Any, list[int]]:
+        ids = {t.id for t in transfers} | {t.pending_id for t in transfers if t.pending_id}
+        accounts = {t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers}
+        yield from self._load(ids, accounts)
+        return create_transfers(self.snap, transfers, self._take(len(transfers)))
+
+    def transfer(self, transfer_id: int) -> Generator[Operation, Any, Transfer | None]:
+        yield from self._load({transfer_id}, set())
+        return self.snap.transfers.get(transfer_id)
+
+    def accounts(self, ids: Sequence[int]) -> Generator[Operation, Any, dict[int, Account]]:
+        yield from self._load(set(), set(ids))
+        return {i: self.snap.accounts[i] for i in ids if i in self.snap.accounts}
 
 
 def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
@@ -159,6 +269,11 @@ def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
             stamps = _timestamps(results, cmd.accounts, snap.accounts, next_timestamp, A_OK, A_EXISTS)
             next_timestamp += len(cmd.accounts)
             out.append(BatchResult(results, stamps))
+        elif not isinstance(cmd, ExpirePending):
+            ctx = Context(snap, now_ns, next_timestamp, cmd.max_items, net_before)
+            value = yield from cmd.run(ctx)
+            next_timestamp += cmd.max_items
+            out.append(BatchResult(value=value))
         else:
             batch = expiring[: cmd.limit]
             expiring = expiring[cmd.limit:]

@@ -17,6 +17,7 @@ they never wait for the writer and never see half a commit.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from collections.abc import Sequence
@@ -32,11 +33,13 @@ from psycopg_pool import AsyncConnectionPool
 from .batch import (
     BatchResult,
     Command,
+    Execute,
     LoadAccounts,
     LoadExpired,
     LoadTransfers,
     Operation,
     Procedure,
+    Query,
     ReserveTimestamps,
     WriteChanges,
     group_commit,
@@ -312,6 +315,20 @@ class PostgresLedgerStore:
             await pool.check()
         raise AssertionError("unreachable")
 
+    async def ensure_schema(self, statements: Sequence[str]) -> None:
+        """Create tables that live beside the ledger's (payments, outbox, ...); idempotent,
+        and safe when several processes start at once (the schema lock)."""
+        async with self._write_lock:
+            conn = await self._writer_connection()
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+                for sql in statements:
+                    await conn.execute(sql)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read on a pooled connection; `sql` uses `?` placeholders (core/database.py)."""
+        return await self._fetch(pg_sql(sql), params)
+
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         wanted = _Int8s(i for i in ids if 0 <= i < _I64_END)
         if not wanted:
@@ -376,6 +393,12 @@ class PostgresLedgerStore:
         return rows[0][0] if rows and rows[0][0] is not None else None
 
 
+@functools.lru_cache(maxsize=512)
+def pg_sql(sql: str) -> str:
+    """Portable SQL (`?` placeholders, core/database.py) in psycopg's dialect."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
 class _Transaction:
     """One group commit on the writer connection: BEGIN ... COMMIT, in as few round trips as possible.
 
@@ -426,6 +449,12 @@ class _Transaction:
             return {a.id: a for a in map(account_from_row, await self._query(SELECT_ACCOUNTS, (_Int8s(op.ids),)))}
         if isinstance(op, LoadExpired):
             return [transfer_from_row(r) for r in await self._query(SELECT_EXPIRED, (op.now_ns, op.limit))]
+        if isinstance(op, Query):
+            return await self._query(pg_sql(op.sql), op.params)
+        if isinstance(op, Execute):
+            await self._enter_pipeline()
+            await self.conn.execute(pg_sql(op.sql), op.params)
+            return None
         if isinstance(op, WriteChanges):
             await self._write(write_rows(op.snapshot))
             return None

@@ -11,12 +11,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from dualflow.core.errors import FieldViolation, InvalidRequest
 
 from . import metrics
-from .batch import BatchResult, CreateAccounts, CreateTransfers, ExpirePending
+from dualflow.core.database import Statement
+
+from .batch import BatchResult, Context, CreateAccounts, CreateTransfers, ExpirePending, Extension, Operation
 from .model import (
     BATCH_MAX,
     Account,
@@ -114,6 +118,21 @@ class LedgerService:
                 _TRANSFER_RESULT_COUNTERS[r].inc(n)
         return result
 
+    async def run(self, extension: Extension) -> Any:
+        """Run an Extension inside a group commit; answers what its `run` returned, once durable."""
+        result = await self.writer.submit(extension)
+        return result.value
+
+    # ---- the Database interface (core/database.py) for tables beside the ledger's
+    async def write(self, statements: Sequence[Statement]) -> None:
+        await self.writer.submit(_Statements(tuple(statements)))
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self.store.query(sql, params)
+
+    async def ensure_schema(self, statements: Sequence[str]) -> None:
+        await self.store.ensure_schema(statements)
+
     def admit(self, items: int, field: str) -> None:
         """Refuse a request before it is decoded when its size or the writer's backlog rules it out."""
         _check_batch_size(items, field)
@@ -164,6 +183,18 @@ class LedgerService:
 
     async def currency_totals(self) -> list[CurrencyTotals]:
         return await self.store.currency_totals()
+
+
+@dataclass(slots=True, frozen=True)
+class _Statements:
+    """Plain SQL writes riding a group commit (webhook rows, vault rows, cursors)."""
+
+    statements: tuple[Statement, ...]
+    max_items: int = 0
+
+    def run(self, ctx: Context) -> Generator[Operation, Any, None]:
+        for sql, params in self.statements:
+            yield from ctx.execute(sql, params)
 
 
 def _check_lookup(ids: Sequence[int]) -> None:

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 from .batch import (
     BatchResult,
     Command,
+    Execute,
     LoadAccounts,
     LoadExpired,
     LoadTransfers,
     Operation,
     Procedure,
+    Query,
     ReserveTimestamps,
     WriteChanges,
     group_commit,
@@ -195,6 +197,29 @@ class SqliteLedgerStore:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
+    async def ensure_schema(self, statements: Sequence[str]) -> None:
+        """Create tables that live beside the ledger's (payments, outbox, ...); idempotent."""
+        def apply() -> None:
+            assert self._wconn is not None, "store is not open"
+            self._wconn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in statements:
+                    self._wconn.execute(sql)
+                self._wconn.execute("COMMIT")
+            except BaseException:
+                self._wconn.execute("ROLLBACK")
+                raise
+
+        await self._on(self._writer, apply)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read on the read connection (sees committed data only)."""
+        return await self._on(self._reader, self._query, sql, tuple(params))
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        assert self._rconn is not None, "store is not open"
+        return self._rconn.execute(sql, params).fetchall()
+
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
@@ -233,6 +258,11 @@ class SqliteLedgerStore:
                 (op.now_ns, op.limit),
             ).fetchall()
             return [transfer_from_row(r) for r in rows]
+        if isinstance(op, Query):
+            return conn.execute(op.sql, op.params).fetchall()
+        if isinstance(op, Execute):
+            conn.execute(op.sql, op.params)
+            return None
         if isinstance(op, WriteChanges):
             rows = write_rows(op.snapshot)
             for sql, key in (

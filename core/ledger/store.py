@@ -15,7 +15,7 @@ import base64
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from dualflow.core.errors import InvalidRequest
 
@@ -62,6 +62,14 @@ class LedgerStore(Protocol):
 
     async def run_procedure(self, procedure: Procedure) -> list[BatchResult]:
         """Run any group-commit procedure in one transaction (the benchmark's storage ceiling uses it)."""
+        ...
+
+    async def ensure_schema(self, statements: Sequence[str]) -> None:
+        """Create the tables that live beside the ledger's (core/database.py); idempotent."""
+        ...
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read of committed data; portable SQL with `?` placeholders."""
         ...
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]: ...

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dualflow.core.errors import Overloaded, Unavailable
 
 from . import metrics
-from .batch import BatchResult, Command, CreateAccounts, CreateTransfers
+from .batch import BatchResult, Command, CreateAccounts, CreateTransfers, ExpirePending
 from .store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ def _items(command: Command) -> int:
         return len(command.transfers)
     if isinstance(command, CreateAccounts):
         return len(command.accounts)
-    return 1
+    if isinstance(command, ExpirePending):
+        return 1
+    return command.max_items
 
 
 @dataclass(slots=True)
