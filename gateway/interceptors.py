@@ -2,6 +2,10 @@
 
 Servicers stay thin: they raise domain errors and return protobufs. This
 interceptor wraps each method handler once so that
+- a call of a dualflow service is admitted by access control (gateway/auth.py:
+  caller authenticated, permission checked, rate-limit token taken) and its
+  caller made current before the servicer runs; a refused call reaches no
+  servicer;
 - a request that does not decode is INVALID_ARGUMENT (reason MALFORMED_REQUEST)
   instead of grpc's INTERNAL, and reaches no servicer;
 - a DualflowError becomes its status with rich details (gateway/errors.py);
@@ -11,6 +15,7 @@ interceptor wraps each method handler once so that
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from dualflow.core.errors import DualflowError, Unavailable
 
+from .auth import AccessControl, Admission, set_current_caller
 from .errors import rich_status, status_for
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,10 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, access: AccessControl | None = None) -> None:
+        # No access control given: no callers, so authentication is disabled and every
+        # dualflow call runs as auth.ANONYMOUS.
+        self.access = access if access is not None else AccessControl()
         # Graceful shutdown (Platform.stop in gateway/server.py): once `draining`, new dualflow
         # calls are answered UNAVAILABLE at once, and the server waits for `in_flight` to reach
         # zero before it stops grpc.
@@ -89,16 +98,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full: str) -> grpc.RpcMethodHandler:
         service, _, method = full.lstrip("/").partition("/")
+        # Decided once per method: which permission it needs (None: a public service).
+        admit = self.access.admission(full)
         if handler.unary_unary is not None:
             return handler._replace(
-                unary_unary=_wrap_unary(handler.unary_unary, service, method, self),
+                unary_unary=_wrap_unary(handler.unary_unary, service, method, self, admit),
                 request_deserializer=_tolerant(handler.request_deserializer),
             )
         if handler.unary_stream is not None:
             return handler._replace(
-                unary_stream=_wrap_stream(handler.unary_stream, service, method),
+                unary_stream=_wrap_stream(handler.unary_stream, service, method, admit),
                 request_deserializer=_tolerant(handler.request_deserializer),
             )
+        if admit is None:
+            return handler
+        # Client-streaming methods (none in dualflow.v1 yet) must not slip past access control.
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_wrap_admit_unary(handler.stream_unary, service, admit))
+        if handler.stream_stream is not None:
+            behavior = handler.stream_stream
+            # A bidirectional method is either an async generator or a coroutine that calls context.write.
+            wrap = _wrap_admit_stream if inspect.isasyncgenfunction(behavior) else _wrap_admit_unary
+            return handler._replace(stream_stream=wrap(behavior, service, admit))
         return handler
 
 
@@ -125,8 +146,20 @@ def _code_of(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
+async def _admit(admit: Admission, context: grpc.aio.ServicerContext, service: str) -> None:
+    """Authenticate, authorize and rate-limit the call, or abort it with the refusal's status.
+
+    The caller is set in the call's own task context (grpc.aio runs each call in
+    its own task), so it needs no reset and cannot leak into another call.
+    """
+    try:
+        set_current_caller(admit(context))
+    except DualflowError as exc:
+        await _abort_for(exc, context, service)
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: str,
-                gate: ServerInterceptor) -> Callable[..., Awaitable[Any]]:
+                gate: ServerInterceptor, admit: Admission | None) -> Callable[..., Awaitable[Any]]:
     handled = {}
     latency = HANDLING_SECONDS.labels(service, method)
     in_flight = IN_FLIGHT.labels(service)
@@ -145,6 +178,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: s
             if gate.draining and service.startswith("dualflow."):  # health and reflection keep answering
                 await _abort_for(Unavailable("the server is shutting down; retry on another instance",
                                              reason="SHUTTING_DOWN"), context, service)
+            if admit is not None:  # inline of _admit: this is the ledger's hot path
+                try:
+                    set_current_caller(admit(context))
+                except DualflowError as exc:
+                    await _abort_for(exc, context, service)
             if isinstance(request, _Malformed):
                 await _abort_for(request, context, service)
             try:
@@ -162,12 +200,15 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], service: str, method: s
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+def _wrap_stream(behavior: Callable[..., Any], service: str, method: str,
+                 admit: Admission | None) -> Callable[..., Any]:
     latency = HANDLING_SECONDS.labels(service, method)
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
+            if admit is not None:
+                await _admit(admit, context, service)
             if isinstance(request, _Malformed):
                 await _abort_for(request, context, service)
             try:
@@ -180,5 +221,37 @@ def _wrap_stream(behavior: Callable[..., Any], service: str, method: str) -> Cal
         finally:
             latency.observe(time.perf_counter() - started)
             HANDLED.labels(service, method, _code_of(context)).inc()
+
+    return wrapped
+
+
+def _wrap_admit_unary(behavior: Callable[..., Awaitable[Any]], service: str,
+                      admit: Admission) -> Callable[..., Awaitable[Any]]:
+    """Access control and error mapping for a client-streaming method answered by a coroutine."""
+
+    async def wrapped(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _admit(admit, context, service)
+        try:
+            return await behavior(request_iterator, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort_for(exc, context, service)
+
+    return wrapped
+
+
+def _wrap_admit_stream(behavior: Callable[..., Any], service: str, admit: Admission) -> Callable[..., Any]:
+    """Access control and error mapping for a bidirectional method written as an async generator."""
+
+    async def wrapped(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _admit(admit, context, service)
+        try:
+            async for item in behavior(request_iterator, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort_for(exc, context, service)
 
     return wrapped

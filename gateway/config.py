@@ -1,0 +1,346 @@
+"""The platform's TOML configuration: vault keys, merchants, and the callers allowed in.
+
+`load_config(path)` reads one TOML file (see examples/dualflow.example.toml) into
+frozen dataclasses and validates all of it before anything starts: a problem is
+a `ConfigError` whose message begins with the key path (`callers[1].burst`) and
+never contains a secret (vault keys, API keys and their hashes are never echoed).
+Secrets are also kept out of the dataclasses' reprs. With no callers,
+authentication is disabled (`PlatformConfig.auth_enabled`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from dualflow.core.errors import NotFound
+from dualflow.core.money import is_currency
+
+from .auth import ALL_MERCHANTS, PERMISSIONS, hash_api_key
+
+VAULT_KEY_BYTES: Final = 32
+FEE_BPS_MAX: Final = 10_000
+API_KEY_PREFIX: Final = "dfk_"
+API_KEY_LENGTH_MIN: Final = 16
+
+# Caller names become a Prometheus label and appear in logs and errors.
+_CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MERCHANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# What can travel as an ASCII gRPC metadata value after `Bearer `.
+_API_KEY = re.compile(r"[\x21-\x7e]+")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; `key_path` names the offending key (`""` for the whole file)."""
+
+    def __init__(self, key_path: str, problem: str) -> None:
+        super().__init__(f"{key_path}: {problem}" if key_path else problem)
+        self.key_path = key_path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class VaultConfig:
+    """Card-vault keys, 32 bytes each: `keys[active]` encrypts, the others still decrypt."""
+
+    active: str
+    keys: Mapping[str, bytes] = field(repr=False)
+    fingerprint_key: bytes = field(repr=False)
+
+    @property
+    def active_key(self) -> bytes:
+        return self.keys[self.active]
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantConfig:
+    id: str
+    name: str
+    currencies: tuple[str, ...]
+    fee_bps: int  # platform fee in basis points of the amount
+
+
+@dataclass(frozen=True, slots=True)
+class CallerConfig:
+    """One client allowed in. The API key itself is never kept, only its SHA-256."""
+
+    name: str
+    permissions: frozenset[str]
+    merchants: tuple[str, ...] = ()  # merchant ids, or ("*",)
+    api_key_sha256: str | None = field(default=None, repr=False)
+    mtls_common_name: str | None = None
+    rate_per_s: float = 0.0  # token-bucket refill; 0 = unlimited
+    burst: int = 1  # bucket capacity
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformConfig:
+    vault: VaultConfig | None = None
+    merchants: tuple[MerchantConfig, ...] = ()
+    callers: tuple[CallerConfig, ...] = ()
+    _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_merchants_by_id", MappingProxyType({m.id: m for m in self.merchants}))
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.callers)
+
+    @property
+    def merchants_by_id(self) -> Mapping[str, MerchantConfig]:
+        return self._merchants_by_id
+
+    def merchant(self, merchant_id: str) -> MerchantConfig:
+        """The merchant with this id; NotFound (reason MERCHANT_NOT_FOUND) for an unknown one."""
+        found = self._merchants_by_id.get(merchant_id)
+        if found is None:
+            raise NotFound(f"no merchant {merchant_id!r} is configured", reason="MERCHANT_NOT_FOUND",
+                           metadata={"merchant_id": merchant_id})
+        return found
+
+
+def generate_api_key() -> str:
+    """A new API key: `dfk_` and 32 URL-safe random characters (192 bits)."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    """Read and validate a TOML config file; ConfigError names the key path of any problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages give the position, never the offending text.
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
+    """Validate an already-parsed TOML document (what load_config does after reading the file)."""
+    _known_keys(data, "", {"vault", "merchants", "callers"})
+    vault = _vault(data["vault"], "vault") if "vault" in data else None
+    merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
+    seen: dict[str, int] = {}
+    for i, m in enumerate(merchants):
+        if m.id in seen:
+            raise ConfigError(f"merchants[{i}].id", f"{m.id!r} is also merchants[{seen[m.id]}]")
+        seen[m.id] = i
+    callers = tuple(_caller(c, f"callers[{i}]", seen) for i, c in enumerate(_array(data, "callers", "")))
+    _unique_callers(callers)
+    return PlatformConfig(vault=vault, merchants=merchants, callers=callers)
+
+
+# ------------------------------------------------------------------ sections
+
+
+def _vault(value: Any, at: str) -> VaultConfig:
+    table = _table(value, at)
+    _known_keys(table, at, {"active", "fingerprint_key", "keys"})
+    keys_table = _table(_required(table, "keys", at), f"{at}.keys")
+    if not keys_table:
+        raise ConfigError(f"{at}.keys", "no keys; give at least the active one")
+    keys = {name: _key32(v, f"{at}.keys.{name}") for name, v in keys_table.items()}
+    active = _string(_required(table, "active", at), f"{at}.active")
+    if active not in keys:
+        raise ConfigError(f"{at}.active", f"{active!r} is not one of {at}.keys ({', '.join(sorted(keys))})")
+    fingerprint_key = _key32(_required(table, "fingerprint_key", at), f"{at}.fingerprint_key")
+    return VaultConfig(active=active, keys=MappingProxyType(keys), fingerprint_key=fingerprint_key)
+
+
+def _merchant(value: Any, at: str) -> MerchantConfig:
+    table = _table(value, at)
+    _known_keys(table, at, {"id", "name", "currencies", "fee_bps"})
+    merchant_id = _string(_required(table, "id", at), f"{at}.id")
+    if not _MERCHANT_ID.fullmatch(merchant_id):
+        raise ConfigError(f"{at}.id", f"{merchant_id!r} is not 1-64 letters, digits and _.:- "
+                                      "starting with a letter or digit")
+    name = _string(table.get("name", merchant_id), f"{at}.name")
+    currencies = _string_list(_required(table, "currencies", at), f"{at}.currencies")
+    if not currencies:
+        raise ConfigError(f"{at}.currencies", "empty; a merchant accepts at least one currency")
+    for i, code in enumerate(currencies):
+        if not is_currency(code):
+            raise ConfigError(f"{at}.currencies[{i}]", f"{code!r} is not an ISO 4217 currency code")
+    if len(set(currencies)) != len(currencies):
+        raise ConfigError(f"{at}.currencies", "lists a currency twice")
+    fee_bps = _integer(_required(table, "fee_bps", at), f"{at}.fee_bps")
+    if not 0 <= fee_bps <= FEE_BPS_MAX:
+        raise ConfigError(f"{at}.fee_bps", f"{fee_bps} is outside 0..{FEE_BPS_MAX} basis points")
+    return MerchantConfig(id=merchant_id, name=name, currencies=tuple(currencies), fee_bps=fee_bps)
+
+
+def _caller(value: Any, at: str, merchant_ids: Mapping[str, int]) -> CallerConfig:
+    table = _table(value, at)
+    _known_keys(table, at, {"name", "api_key", "api_key_sha256", "mtls_common_name", "merchants",
+                            "permissions", "rate_per_s", "burst"})
+    name = _string(_required(table, "name", at), f"{at}.name")
+    if not _CALLER_NAME.fullmatch(name):
+        raise ConfigError(f"{at}.name", f"{name!r} is not 1-64 letters, digits and _.- "
+                                        "starting with a letter or digit")
+
+    if "api_key" in table and "api_key_sha256" in table:
+        raise ConfigError(f"{at}.api_key", "give either api_key or api_key_sha256, not both")
+    key_sha256 = None
+    if "api_key_sha256" in table:
+        digest = _string(table["api_key_sha256"], f"{at}.api_key_sha256")
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ConfigError(f"{at}.api_key_sha256", "not 64 hexadecimal digits (the SHA-256 of the key)")
+        key_sha256 = digest.lower()
+    elif "api_key" in table:
+        key = _string(table["api_key"], f"{at}.api_key")
+        if not _API_KEY.fullmatch(key):
+            raise ConfigError(f"{at}.api_key", "must be printable ASCII without spaces (it travels in metadata)")
+        if len(key) < API_KEY_LENGTH_MIN:
+            raise ConfigError(f"{at}.api_key", f"shorter than {API_KEY_LENGTH_MIN} characters")
+        key_sha256 = hash_api_key(key)
+    common_name = None
+    if "mtls_common_name" in table:
+        common_name = _string(table["mtls_common_name"], f"{at}.mtls_common_name")
+        if not common_name:
+            raise ConfigError(f"{at}.mtls_common_name", "empty")
+    if key_sha256 is None and common_name is None:
+        raise ConfigError(at, "no credential: give api_key_sha256 (or api_key for local development) "
+                              "and/or mtls_common_name")
+
+    merchants = _string_list(table.get("merchants", []), f"{at}.merchants")
+    for i, merchant_id in enumerate(merchants):
+        if merchant_id != ALL_MERCHANTS and merchant_id not in merchant_ids:
+            raise ConfigError(f"{at}.merchants[{i}]", f"{merchant_id!r} is not a configured merchant id "
+                                                       f"(or \"{ALL_MERCHANTS}\" for all)")
+
+    permissions = _string_list(_required(table, "permissions", at), f"{at}.permissions")
+    if not permissions:
+        raise ConfigError(f"{at}.permissions", "empty; a caller needs at least one permission")
+    for i, permission in enumerate(permissions):
+        if permission not in PERMISSIONS:
+            raise ConfigError(f"{at}.permissions[{i}]",
+                              f"unknown permission {permission!r}; known: {', '.join(sorted(PERMISSIONS))}")
+
+    rate = table.get("rate_per_s", 0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate < 0:
+        raise ConfigError(f"{at}.rate_per_s", "must be a number >= 0 (0 = unlimited)")
+    if "burst" in table:
+        burst = _integer(table["burst"], f"{at}.burst")
+        if burst < 1:
+            raise ConfigError(f"{at}.burst", f"{burst} is less than 1")
+    else:
+        burst = max(1, math.ceil(rate))  # a second's worth of calls
+    return CallerConfig(name=name, permissions=frozenset(permissions), merchants=tuple(merchants),
+                        api_key_sha256=key_sha256, mtls_common_name=common_name,
+                        rate_per_s=float(rate), burst=burst)
+
+
+def _unique_callers(callers: tuple[CallerConfig, ...]) -> None:
+    names: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    common_names: dict[str, int] = {}
+    for i, c in enumerate(callers):
+        if c.name in names:
+            raise ConfigError(f"callers[{i}].name", f"{c.name!r} is also callers[{names[c.name]}]")
+        names[c.name] = i
+        if c.api_key_sha256 is not None:
+            if c.api_key_sha256 in keys:
+                raise ConfigError(f"callers[{i}]", f"has the same API key as callers[{keys[c.api_key_sha256]}]")
+            keys[c.api_key_sha256] = i
+        if c.mtls_common_name is not None:
+            if c.mtls_common_name in common_names:
+                raise ConfigError(f"callers[{i}].mtls_common_name",
+                                  f"{c.mtls_common_name!r} is also callers[{common_names[c.mtls_common_name]}]")
+            common_names[c.mtls_common_name] = i
+
+
+# ------------------------------------------------------------------ value checks
+
+
+def _table(value: Any, at: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(at, f"must be a table, not {_kind(value)}")
+    return value
+
+
+def _array(data: Mapping[str, Any], key: str, at: str) -> list[Any]:
+    value = data.get(key, [])
+    path = f"{at}.{key}" if at else key
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of tables ([[{key}]]), not {_kind(value)}")
+    return value
+
+
+def _known_keys(table: Mapping[str, Any], at: str, known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            path = f"{at}.{key}" if at else key
+            raise ConfigError(path, f"unknown key; expected one of {', '.join(sorted(known))}")
+
+
+def _required(table: Mapping[str, Any], key: str, at: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{at}.{key}", "missing")
+    return table[key]
+
+
+def _string(value: Any, at: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(at, f"must be a string, not {_kind(value)}")
+    return value
+
+
+def _string_list(value: Any, at: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ConfigError(at, f"must be an array of strings, not {_kind(value)}")
+    for i, item in enumerate(value):
+        _string(item, f"{at}[{i}]")
+    return value
+
+
+def _integer(value: Any, at: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(at, f"must be an integer, not {_kind(value)}")
+    return value
+
+
+def _key32(value: Any, at: str) -> bytes:
+    # Never put the value in a message: it is key material.
+    if not isinstance(value, str):
+        raise ConfigError(at, f"must be a base64 string, not {_kind(value)}")
+    try:
+        key = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(at, "not valid base64") from None
+    if len(key) != VAULT_KEY_BYTES:
+        raise ConfigError(at, f"decodes to {len(key)} bytes; a key is {VAULT_KEY_BYTES} bytes")
+    return key
+
+
+def _kind(value: Any) -> str:
+    """A value's TOML type, for messages that must not show the value itself."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
