@@ -1,0 +1,1 @@
+"""Webhooks: signed event notifications to merchants (signature scheme, delivery worker)."""
