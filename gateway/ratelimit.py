@@ -25,9 +25,11 @@ RATE_LIMITED = Counter(
     ["caller"],
 )
 
-# Float refills can land a hair under a whole token after waiting exactly the
-# advertised delay; a caller that waited `retry_after_ms` must get its token.
-_EPSILON = 1e-9
+# Float arithmetic on clock readings lands a hair above or below a whole token;
+# a millionth of a token either way keeps the promise that a caller who waits
+# the advertised `retry_after_ms` gets its token, and the delay from rounding up
+# float noise (50.0000000004 ms -> 51).
+_EPSILON = 1e-6
 
 
 class TokenBucket:
@@ -55,7 +57,7 @@ class TokenBucket:
             self._tokens = tokens - 1.0
             return 0
         self._tokens = tokens
-        return max(1, math.ceil((1.0 - tokens) * 1000.0 / self.rate_per_s))
+        return max(1, math.ceil((1.0 - _EPSILON - tokens) * 1000.0 / self.rate_per_s))
 
     @property
     def tokens(self) -> float:
