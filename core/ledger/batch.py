@@ -157,15 +157,21 @@ class Context:
     reserved block, so everything stays strictly ordered.
     """
 
-    __slots__ = ("snap", "now_ns", "_next", "_end", "_net_before")
+    __slots__ = ("snap", "now_ns", "_first", "_next", "_end", "_net_before")
 
     def __init__(self, snap: Snapshot, now_ns: int, first_timestamp: int, budget: int,
                  net_before: dict[str, int]) -> None:
         self.snap = snap
         self.now_ns = now_ns
+        self._first = first_timestamp
         self._next = first_timestamp
         self._end = first_timestamp + budget
         self._net_before = net_before
+
+    @property
+    def last_timestamp(self) -> int:
+        """The newest timestamp this Extension has used so far (0: none)."""
+        return self._next - 1 if self._next > self._first else 0
 
     def timestamp(self) -> int:
         """A fresh ledger timestamp: unique and increasing across all commits (outbox sequence numbers use it)."""

@@ -1,0 +1,75 @@
+"""A scripted in-process channel: answers success, failure, pending or unknown, late or never.
+
+It stands in for the financial gateway until real channels exist, and stays
+useful after: tests and the demo script exactly how the fund flow answers. A
+`Plan` says what `submit` answers, what `query` answers once `settle_after_s`
+has passed (before that: PENDING), and whether submit raises (the instruction
+may have left: the payment gateway must treat that as UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction
+from dualflow.core.payments.model import Asset
+
+SUCCEEDED = ChannelAnswer(ChannelOutcome.SUCCEEDED)
+PENDING = ChannelAnswer(ChannelOutcome.PENDING)
+UNKNOWN = ChannelAnswer(ChannelOutcome.UNKNOWN, "CHANNEL_TIMEOUT")
+
+
+def failed(reason: str = "DECLINED") -> ChannelAnswer:
+    return ChannelAnswer(ChannelOutcome.FAILED, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    on_submit: ChannelAnswer = SUCCEEDED
+    final: ChannelAnswer | None = None  # what query answers after settle_after_s; None: never settles
+    settle_after_s: float = 0.0
+    submit_raises: bool = False  # submit fails after the request "left"
+    submit_delay_s: float = 0.0
+
+
+@dataclass
+class ScriptedChannel:
+    """A ChannelDispatcher whose answers come from `script(instruction) -> Plan`."""
+
+    script: Callable[[Instruction], Plan] = lambda _i: Plan()
+    name: str = "scripted"
+    submitted: list[Instruction] = field(default_factory=list)
+    queries: int = 0
+    _plans: dict[str, tuple[Plan, float]] = field(default_factory=dict)
+
+    def channel_for(self, asset: Asset, currency: str) -> str:
+        return self.name
+
+    async def submit(self, instruction: Instruction) -> ChannelAnswer:
+        plan = self.script(instruction)
+        self.submitted.append(instruction)
+        self._plans[instruction.instruction_id] = (plan, time.monotonic())
+        if plan.submit_delay_s:
+            await asyncio.sleep(plan.submit_delay_s)
+        if plan.submit_raises:
+            raise ConnectionResetError("connection reset after the request was written")
+        return plan.on_submit
+
+    async def query(self, instruction: Instruction) -> ChannelAnswer:
+        self.queries += 1
+        entry = self._plans.get(instruction.instruction_id)
+        if entry is None:
+            # Never reached us: a real channel answers "no such order", which is a failure
+            # only because the gateway writes PROCESSING before it sends.
+            return failed("NOT_RECEIVED")
+        plan, sent_at = entry
+        if plan.final is not None and time.monotonic() - sent_at >= plan.settle_after_s:
+            return plan.final
+        return PENDING if plan.on_submit.outcome is not ChannelOutcome.UNKNOWN else UNKNOWN
+
+    def remember(self, instruction_id: str, plan: Plan) -> None:
+        """Pretend an instruction reached the channel earlier (a restarted gateway polls it)."""
+        self._plans[instruction_id] = (plan, time.monotonic() - plan.settle_after_s)

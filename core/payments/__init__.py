@@ -1,0 +1,1 @@
+"""Payment orders: internal assets settle in the ledger, external assets go out through channels."""

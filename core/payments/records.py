@@ -1,0 +1,173 @@
+"""Payment tables: schema, rows <-> records, JSON for events.
+
+The tables live beside the ledger's in the same database (core/database.py),
+so a payment's state, its postings and its outbox event commit together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Final
+
+from .model import (
+    Asset,
+    BankAccount,
+    CardInfo,
+    Discrepancy,
+    Payment,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+)
+
+PAYMENT_SCHEMA: Final[list[str]] = [
+    """CREATE TABLE IF NOT EXISTS payments (
+        payment_id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        merchant_id TEXT NOT NULL,
+        asset BIGINT NOT NULL,
+        status BIGINT NOT NULL,
+        created_at_ns BIGINT NOT NULL,
+        updated_at_ns BIGINT NOT NULL,
+        body TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS payments_by_merchant ON payments (merchant_id, created_at_ns, payment_id)",
+    "CREATE INDEX IF NOT EXISTS payments_open ON payments (status, updated_at_ns)",
+    # Idempotency keys, kept for a window; scope is "pay:<merchant>" or "refund:<merchant>".
+    """CREATE TABLE IF NOT EXISTS request_keys (
+        scope TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        expires_at_ns BIGINT NOT NULL,
+        PRIMARY KEY (scope, request_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS request_keys_expiry ON request_keys (expires_at_ns)",
+    """CREATE TABLE IF NOT EXISTS refunds (
+        refund_id TEXT PRIMARY KEY,
+        payment_id TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        created_at_ns BIGINT NOT NULL,
+        body TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS refunds_by_payment ON refunds (payment_id, created_at_ns)",
+    """CREATE TABLE IF NOT EXISTS discrepancies (
+        discrepancy_id TEXT PRIMARY KEY,
+        payment_id TEXT NOT NULL,
+        created_at_ns BIGINT NOT NULL,
+        body TEXT NOT NULL
+    )""",
+    # The transactional outbox: written in the same commit as the change it reports.
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq BIGINT PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        merchant_id TEXT NOT NULL,
+        subject_id TEXT NOT NULL,
+        created_at_ns BIGINT NOT NULL,
+        payload TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_by_subject ON outbox (subject_id, seq)",
+]
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def payment_to_dict(p: Payment) -> dict[str, Any]:
+    d = asdict(p)
+    d["asset"] = p.asset.name
+    d["status"] = p.status.name
+    return d
+
+
+def payment_from_dict(d: dict[str, Any]) -> Payment:
+    d = dict(d)
+    d["asset"] = Asset[d["asset"]]
+    d["status"] = PaymentStatus[d["status"]]
+    if d.get("card"):
+        d["card"] = CardInfo(**d["card"])
+    if d.get("bank_account"):
+        d["bank_account"] = BankAccount(**d["bank_account"])
+    return Payment(**d)
+
+
+def payment_body(p: Payment) -> str:
+    return _dumps(payment_to_dict(p))
+
+
+def payment_from_body(body: str) -> Payment:
+    return payment_from_dict(json.loads(body))
+
+
+def refund_to_dict(r: Refund) -> dict[str, Any]:
+    d = asdict(r)
+    d["status"] = r.status.name
+    return d
+
+
+def refund_from_dict(d: dict[str, Any]) -> Refund:
+    d = dict(d)
+    d["status"] = RefundStatus[d["status"]]
+    return Refund(**d)
+
+
+def refund_body(r: Refund) -> str:
+    return _dumps(refund_to_dict(r))
+
+
+def refund_from_body(body: str) -> Refund:
+    return refund_from_dict(json.loads(body))
+
+
+def discrepancy_to_dict(d: Discrepancy) -> dict[str, Any]:
+    out = asdict(d)
+    out["recorded_status"] = d.recorded_status.name
+    return out
+
+
+def discrepancy_from_dict(d: dict[str, Any]) -> Discrepancy:
+    d = dict(d)
+    d["recorded_status"] = PaymentStatus[d["recorded_status"]]
+    return Discrepancy(**d)
+
+
+UPSERT_PAYMENT = (
+    "INSERT INTO payments (payment_id, request_id, merchant_id, asset, status, created_at_ns, updated_at_ns, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (payment_id) DO UPDATE SET status = excluded.status, "
+    "updated_at_ns = excluded.updated_at_ns, body = excluded.body"
+)
+
+
+def payment_params(p: Payment) -> tuple[Any, ...]:
+    return (p.payment_id, p.request_id, p.merchant_id, int(p.asset), int(p.status), p.created_at_ns,
+            p.updated_at_ns, payment_body(p))
+
+
+UPSERT_REFUND = (
+    "INSERT INTO refunds (refund_id, payment_id, status, created_at_ns, body) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (refund_id) DO UPDATE SET status = excluded.status, body = excluded.body"
+)
+
+
+def refund_params(r: Refund) -> tuple[Any, ...]:
+    return (r.refund_id, r.payment_id, int(r.status), r.created_at_ns, refund_body(r))
+
+
+INSERT_DISCREPANCY = "INSERT INTO discrepancies (discrepancy_id, payment_id, created_at_ns, body) VALUES (?, ?, ?, ?)"
+
+INSERT_EVENT = (
+    "INSERT INTO outbox (seq, event_id, type, merchant_id, subject_id, created_at_ns, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+SELECT_PAYMENT = "SELECT body FROM payments WHERE payment_id = ?"
+SELECT_REFUND = "SELECT body FROM refunds WHERE refund_id = ?"
+SELECT_KEY = "SELECT fingerprint, object_id FROM request_keys WHERE scope = ? AND request_id = ? AND expires_at_ns > ?"
+UPSERT_KEY = (
+    "INSERT INTO request_keys (scope, request_id, fingerprint, object_id, expires_at_ns) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (scope, request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "object_id = excluded.object_id, expires_at_ns = excluded.expires_at_ns"
+)
