@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import math
 import re
 import secrets
@@ -35,6 +36,7 @@ API_KEY_LENGTH_MIN: Final = 16
 # Caller names become a Prometheus label and appear in logs and errors.
 _CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MERCHANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_VAULT_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # What can travel as an ASCII gRPC metadata value after `Bearer `.
 _API_KEY = re.compile(r"[\x21-\x7e]+")
@@ -156,11 +158,18 @@ def _vault(value: Any, at: str) -> VaultConfig:
     keys_table = _table(_required(table, "keys", at), f"{at}.keys")
     if not keys_table:
         raise ConfigError(f"{at}.keys", "no keys; give at least the active one")
-    keys = {name: _key32(v, f"{at}.keys.{name}") for name, v in keys_table.items()}
+    keys = {}
+    for key_id, v in keys_table.items():
+        if not _VAULT_KEY_ID.fullmatch(key_id):
+            raise ConfigError(f"{at}.keys.{key_id}", "a key id is 1-64 letters, digits and _.-")
+        keys[key_id] = _key32(v, f"{at}.keys.{key_id}")
     active = _string(_required(table, "active", at), f"{at}.active")
     if active not in keys:
         raise ConfigError(f"{at}.active", f"{active!r} is not one of {at}.keys ({', '.join(sorted(keys))})")
     fingerprint_key = _key32(_required(table, "fingerprint_key", at), f"{at}.fingerprint_key")
+    # One leaked secret must not both decrypt cards and forge their fingerprints.
+    if any(hmac.compare_digest(fingerprint_key, k) for k in keys.values()):
+        raise ConfigError(f"{at}.fingerprint_key", f"equals one of {at}.keys; it must be a separate key")
     return VaultConfig(active=active, keys=MappingProxyType(keys), fingerprint_key=fingerprint_key)
 
 
