@@ -13,7 +13,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, serve
 
     config = ServerConfig(listen=args.listen, db=args.db, metrics_port=args.metrics_port,
-                          metrics_host=args.metrics_host, grace_s=args.grace)
+                          metrics_host=args.metrics_host, grace_s=args.grace, config_path=args.config,
+                          channel=args.channel)
     asyncio.run(serve(config))
     return 0
 
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     serve.add_argument("--metrics-host", default="127.0.0.1")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
+    serve.add_argument("--config", default=None,
+                       help="TOML file: merchants, callers (API keys, permissions, rate limits), card vault keys "
+                            "(see examples/dualflow.example.toml); without it authentication is off")
+    serve.add_argument("--channel", choices=("none", "scripted"), default="none",
+                       help="how external payments reach the fund flow: none (refused) or scripted (answered "
+                            "in-process, for development)")
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="a short day of the platform on a temporary SQLite database")

@@ -20,10 +20,17 @@ from prometheus_client import start_http_server
 
 from dualflow.core.ledger.open_store import store_from_url
 from dualflow.core.ledger.service import LedgerService
-from dualflow.v1 import ledger_pb2, ledger_pb2_grpc
+from dualflow.core.payments.dispatch import ChannelDispatcher
+from dualflow.core.payments.model import Merchant
+from dualflow.core.payments.service import PaymentService
+from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
 
+from .auth import AccessControl
+from .config import PlatformConfig, load_config
 from .interceptors import ServerInterceptor
 from .ledger_servicer import LedgerServicer
+from .payment_servicer import PaymentGatewayServicer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 DRAIN_QUIET_S = 0.1
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
+    payments_pb2.DESCRIPTOR.services_by_name["PaymentGateway"].full_name,
 )
 
 
@@ -43,11 +51,16 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     grace_s: float = 10.0
     expiry_interval_s: float = 0.2
+    config_path: str | None = None  # TOML: merchants, callers (API keys, permissions, rate limits), vault keys
+    # "scripted": external payments are answered in-process (development and the demo);
+    # "none": BANK_CARD / BANK_TRANSFER payments are refused until a channel is configured.
+    channel: str = "none"
 
 
 def create_server(ledger: LedgerService, address: str, *,
                   interceptor: ServerInterceptor | None = None,
-                  health_servicer: health.aio.HealthServicer | None = None) -> tuple[grpc.aio.Server, int]:
+                  health_servicer: health.aio.HealthServicer | None = None,
+                  payments: PaymentGatewayServicer | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
         interceptors=[interceptor or ServerInterceptor()],
@@ -58,6 +71,8 @@ def create_server(ledger: LedgerService, address: str, *,
         ],
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(ledger), server)
+    if payments is not None:
+        payments_pb2_grpc.add_PaymentGatewayServicer_to_server(payments, server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -73,14 +88,24 @@ def create_server(ledger: LedgerService, address: str, *,
 class Platform:
     """One dualflow process: storage, ledger, gRPC server and metrics endpoint."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, dispatcher: ChannelDispatcher | None = None) -> None:
         self.config = config
+        self.settings = load_config(config.config_path) if config.config_path else PlatformConfig()
         self.ledger = LedgerService(store_from_url(config.db), expiry_interval_s=config.expiry_interval_s)
+        vault = self.settings.vault
+        self.vault = CardVault(self.ledger, KeyRing(dict(vault.keys), vault.active,
+                                                    fingerprint_key=vault.fingerprint_key)) if vault else None
+        if dispatcher is None and config.channel == "scripted":
+            from dualflow.adapters.scripted import ScriptedChannel
+
+            dispatcher = ScriptedChannel()
+        merchants = {m.id: Merchant(m.id, m.name, frozenset(m.currencies), m.fee_bps) for m in self.settings.merchants}
+        self.payments = PaymentService(self.ledger, merchants, dispatcher=dispatcher, cards=self.vault)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_http: object | None = None
-        self._interceptor = ServerInterceptor()
+        self._interceptor = ServerInterceptor(AccessControl.from_config(self.settings))
         self._health = health.aio.HealthServicer()
 
     @property
@@ -89,9 +114,14 @@ class Platform:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        if not self.settings.auth_enabled:
+            log.warning("authentication disabled: no callers configured (pass --config to require API keys)")
         await self.ledger.start()
+        await self.ledger.ensure_schema(VAULT_SCHEMA)
+        await self.payments.start()
+        servicer = PaymentGatewayServicer(self.payments, vault=self.vault)
         self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor,
-                                                health_servicer=self._health)
+                                                health_servicer=self._health, payments=servicer)
         await self.server.start()
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
@@ -132,6 +162,7 @@ class Platform:
             remaining_s = await self._drain(self.config.grace_s)
             await self.server.stop(remaining_s)  # refuse new calls, drain in-flight ones
             self.server = None
+        await self.payments.stop()  # open external payments resume at the next start
         await self.ledger.stop()  # flush the group-commit writer, close storage
         if self._metrics_http is not None:
             self._metrics_http.shutdown()  # type: ignore[attr-defined]
