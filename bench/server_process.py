@@ -3,7 +3,8 @@
 The server runs `python -m dualflow.gateway.cli serve --listen 127.0.0.1:0`, so
 client and server do not share one interpreter lock; it announces itself with
 one line `dualflow listening grpc=HOST:PORT ...`, which gives the real port.
-Its stderr goes to a log file whose tail is shown if it fails.
+Its stderr goes to a log file whose tail is shown if it fails. `config` passes
+a platform TOML file (`--config`: merchants, callers, vault keys).
 """
 
 from __future__ import annotations
@@ -27,17 +28,19 @@ class ServerFailed(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, db: str, *, grace_s: float = 5.0) -> None:
+    def __init__(self, db: str, *, grace_s: float = 5.0, config: str | None = None) -> None:
         self.db = db
         self.grace_s = grace_s
+        self.config = config
         self.address = ""
         self._proc: asyncio.subprocess.Process | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="dualflow-bench-server-", suffix=".log", delete=False)
 
     async def start(self) -> str:
+        config = ("--config", self.config) if self.config is not None else ()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dualflow.gateway.cli", "serve",
-            "--listen", "127.0.0.1:0", "--db", self.db, "--grace", str(self.grace_s),
+            "--listen", "127.0.0.1:0", "--db", self.db, "--grace", str(self.grace_s), *config,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._log,
         )
         assert self._proc.stdout is not None
