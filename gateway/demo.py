@@ -1,157 +1,264 @@
-"""`dualflow demo`: a short day of the platform, end to end over real gRPC.
+"""`dualflow demo`: a shop's day on the whole platform, end to end over real gRPC.
 
-It starts a dualflow server on a temporary SQLite database on loopback, plays
-the caller through the generated stubs, prints what happened as tables, and
-exits. Later issues grow it into a whole day (payments, banks, reconciliation,
-clearing); today it shows the ledger: accounts, a transfer, a linked chain, a
-pending transfer posted and one voided, a rejected overdraft, statements.
+This module is the platform's side: it writes a config (two merchants, the shop backend's API
+key stored only as a hash, a back-office reader, fresh vault keys), starts a `Platform` on a
+temporary SQLite database on loopback with a sandbox bank (a scripted channel that answers
+late, unclearly or with a decline), lets the shop (gateway/demo_shop.py, a plain gRPC client)
+play its day, reads the books through the Ledger API as the back office, prints it all as
+tables and stops. It ends by itself in a few seconds and exits non-zero if a check fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import tempfile
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from dualflow.adapters.scripted import PENDING, SUCCEEDED, UNKNOWN, Plan, ScriptedChannel, failed
 from dualflow.core.money import format_minor
-from dualflow.v1 import ledger_pb2 as pb
-from dualflow.v1 import ledger_pb2_grpc
+from dualflow.core.payments.accounts import Party, fee_account, holding_account, receivable_account
+from dualflow.core.payments.dispatch import Instruction
+from dualflow.core.payments.model import Asset
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2
 
+from . import demo_shop
+from .config import generate_api_key, hash_api_key
+from .demo_shop import CNY, CUSTOMERS, STOREFRONTS, Day, asset_name, status_name
 from .server import Platform, ServerConfig
 
-CNY = "CNY"
-ISSUER, ALICE, BOB, SHOP, FEES = 1, 100, 101, 200, 300
-NAMES = {ISSUER: "issuer (equity)", ALICE: "alice (wallet)", BOB: "bob (wallet)", SHOP: "shop (merchant)",
-         FEES: "fees"}
-WALLET_FLAGS = pb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS | pb.ACCOUNT_FLAG_HISTORY
-CODE_TOPUP, CODE_P2P, CODE_PURCHASE, CODE_FEE = 1, 2, 3, 4
+# The bank takes a moment to acknowledge, so the shop's watch sees PROCESSING before the answer.
+BANK_ACK_S = 0.2
+# Wide enough for the tables when the output is not a terminal (a pipe, a test, CI logs).
+PIPE_WIDTH = 120
 
 
-@dataclass
-class Step:
-    what: str
-    results: list[str]
+def sandbox_bank(instruction: Instruction) -> Plan:
+    """How the sandbox bank answers, by amount (see demo_shop.SANDBOX_*)."""
+    if instruction.amount == demo_shop.SANDBOX_LATE_AMOUNT:
+        # The submit times out: nobody knows whether the card was charged. The payment is UNKNOWN
+        # until a poll asks the bank and hears it was.
+        return Plan(on_submit=UNKNOWN, final=SUCCEEDED, settle_after_s=1.0, submit_delay_s=BANK_ACK_S)
+    if instruction.amount == demo_shop.SANDBOX_DECLINED_AMOUNT:
+        return Plan(on_submit=PENDING, final=failed("CARD_DECLINED"), settle_after_s=0.3,
+                    submit_delay_s=BANK_ACK_S)
+    return Plan(on_submit=PENDING, final=SUCCEEDED, settle_after_s=0.3, submit_delay_s=BANK_ACK_S)
 
 
-def _result_name(r: int) -> str:
-    return pb.CreateTransferResult.Name(r).removeprefix("CREATE_TRANSFER_RESULT_")
+def _key32() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
 
 
-def _t(id_: int, dr: int, cr: int, amount: int, code: int, flags: int = 0, **kw: int) -> pb.Transfer:
-    return pb.Transfer(id=id_, debit_account_id=dr, credit_account_id=cr, amount=amount, currency=CNY,
-                       code=code, flags=flags, **kw)
+def write_config(path: Path, shop_key: str, office_key: str) -> None:
+    """The platform's TOML: keys are fresh for every run and only the API keys' hashes are written."""
+    merchants = "\n".join(
+        f'[[merchants]]\nid = "{s.merchant_id}"\nname = "{s.name}"\ncurrencies = ["{CNY}"]\nfee_bps = {s.fee_bps}\n'
+        for s in STOREFRONTS)
+    ids = ", ".join(f'"{s.merchant_id}"' for s in STOREFRONTS)
+    path.write_text(f"""\
+[vault]
+active = "k1"
+fingerprint_key = "{_key32()}"
+[vault.keys]
+k1 = "{_key32()}"
+
+{merchants}
+[[callers]]
+name = "shop-backend"
+api_key_sha256 = "{hash_api_key(shop_key)}"
+merchants = [{ids}]
+permissions = ["payments.write", "payments.read", "events.read", "cards.tokenize"]
+
+# The business's back office reads the ledger (settlement, fees); it cannot move money.
+[[callers]]
+name = "back-office"
+api_key_sha256 = "{hash_api_key(office_key)}"
+merchants = ["*"]
+permissions = ["ledger.read", "payments.read"]
+""")
+    path.chmod(0o600)  # vault keys
 
 
-async def _play(stub: ledger_pb2_grpc.LedgerStub) -> list[Step]:
-    steps: list[Step] = []
-
-    async def transfers(what: str, *items: pb.Transfer) -> None:
-        resp = await stub.CreateTransfers(pb.CreateTransfersRequest(transfers=items))
-        steps.append(Step(what, [_result_name(r) for r in resp.results]))
-
-    accounts = [
-        pb.Account(id=ISSUER, currency=CNY, code=pb.ACCOUNT_CODE_EQUITY),
-        pb.Account(id=ALICE, currency=CNY, code=pb.ACCOUNT_CODE_WALLET, flags=WALLET_FLAGS),
-        pb.Account(id=BOB, currency=CNY, code=pb.ACCOUNT_CODE_WALLET, flags=WALLET_FLAGS),
-        pb.Account(id=SHOP, currency=CNY, code=pb.ACCOUNT_CODE_MERCHANT, flags=pb.ACCOUNT_FLAG_HISTORY),
-        pb.Account(id=FEES, currency=CNY, code=pb.ACCOUNT_CODE_FEE),
-    ]
-    resp = await stub.CreateAccounts(pb.CreateAccountsRequest(accounts=accounts))
-    steps.append(Step("open 5 accounts", [pb.CreateAccountResult.Name(r).removeprefix("CREATE_ACCOUNT_RESULT_")
-                                          for r in resp.results]))
-    await transfers("top up alice 1,000.00 and bob 50.00",
-                    _t(1001, ISSUER, ALICE, 100_000, CODE_TOPUP), _t(1002, ISSUER, BOB, 5_000, CODE_TOPUP))
-    await transfers("alice pays bob 120.00", _t(1003, ALICE, BOB, 12_000, CODE_P2P))
-    await transfers("linked: alice buys for 300.00, shop pays a 3.00 fee",
-                    _t(1004, ALICE, SHOP, 30_000, CODE_PURCHASE, pb.TRANSFER_FLAG_LINKED),
-                    _t(1005, SHOP, FEES, 300, CODE_FEE))
-    await transfers("hold 200.00 of alice's for an order (pending, 60 s)",
-                    _t(1006, ALICE, SHOP, 20_000, CODE_PURCHASE, pb.TRANSFER_FLAG_PENDING, timeout_s=60))
-    await transfers("ship part of it: post 150.00 of the hold",
-                    pb.Transfer(id=1007, pending_id=1006, amount=15_000, flags=pb.TRANSFER_FLAG_POST_PENDING))
-    await transfers("hold 40.00 of bob's, then the order is cancelled",
-                    _t(1008, BOB, SHOP, 4_000, CODE_PURCHASE, pb.TRANSFER_FLAG_PENDING, timeout_s=60))
-    await transfers("void bob's hold", pb.Transfer(id=1009, pending_id=1008, flags=pb.TRANSFER_FLAG_VOID_PENDING))
-    await transfers("bob tries to spend 10,000.00 (overdraft)", _t(1010, BOB, SHOP, 1_000_000, CODE_PURCHASE))
-    await transfers("linked: a chain whose second leg overdraws",
-                    _t(1011, ALICE, SHOP, 1_000, CODE_PURCHASE, pb.TRANSFER_FLAG_LINKED),
-                    _t(1012, BOB, SHOP, 9_999_999, CODE_PURCHASE))
-    await transfers("a client retry of alice -> bob (same id, same fields)", _t(1003, ALICE, BOB, 12_000, CODE_P2P))
-    return steps
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    name: str
+    account: ledger_pb2.Account
 
 
-def _money(v: int) -> str:
-    return format_minor(v, CNY)
+def ledger_accounts(channel_name: str) -> list[tuple[str, int]]:
+    """Every account the day can have touched, named for people. Ids are derived from names
+    (core/payments/accounts.py), so the back office needs no lookup table to find them."""
+    named = []
+    for c in CUSTOMERS:
+        user = Party("user", c.user_id)
+        named.append((f"{c.user_id} wallet", holding_account(user, Asset.WALLET, CNY).id))
+        named.append((f"{c.user_id} points", holding_account(user, Asset.POINTS, CNY).id))
+    for s in STOREFRONTS:
+        merchant = Party("merchant", s.merchant_id)
+        named.append((f"{s.merchant_id} settlement", holding_account(merchant, Asset.WALLET, CNY).id))
+        named.append((f"{s.merchant_id} points issued", holding_account(merchant, Asset.POINTS, CNY).id))
+    named.append(("platform fees", fee_account(CNY).id))
+    named.append((f"bank receivable ({channel_name})", receivable_account(channel_name, CNY).id))
+    return named
+
+
+async def read_ledger(channel: grpc.aio.Channel, office_key: str, channel_name: str) -> list[LedgerLine]:
+    stub = ledger_pb2_grpc.LedgerStub(channel)
+    named = ledger_accounts(channel_name)
+    reply = await stub.LookupAccounts(ledger_pb2.LookupAccountsRequest(ids=[i for _, i in named]),
+                                      metadata=(("authorization", f"Bearer {office_key}"),), timeout=10)
+    by_id = {a.id: a for a in reply.accounts}
+    return [LedgerLine(name, by_id[i]) for name, i in named if i in by_id]
+
+
+def _customer(p: payments_pb2.Payment) -> str:
+    """The user a payment order is about: its payer, or for points granted and top-ups its payee."""
+    for party in (p.payer, p.payee):
+        if party.startswith("user:"):
+            return party.removeprefix("user:").split(":")[0]
+    return ""
 
 
 def _amount(v: int) -> str:
     return format_minor(v, CNY, with_code=False)
 
 
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
+
+
+def _print_tables(console: Console, day: Day, ledger: list[LedgerLine]) -> dict[str, bool]:
+    """Print the evening's tables; returns the trial balance verdict per currency."""
+    top_ups = Table(title="Card top-ups, as WatchPayment showed them (seconds since the request)")
+    for col in ("customer", "card", "amount", "states"):
+        top_ups.add_column(col, justify="right" if col == "amount" else "left")
+    for t in day.top_ups:
+        # The first state is CreatePayment's own answer; the rest came over WatchPayment.
+        states = " → ".join(f"{s}{f' ({r})' if r else ''}{f' {at:.2f}s' if i else ''}"
+                            for i, (at, s, r) in enumerate(t.timeline))
+        top_ups.add_row(t.user_id, t.card, _amount(t.amount), states)
+    console.print(top_ups)
+
+    orders = Table(title="Payment orders (ListPayments), oldest first")
+    for col in ("trade order", "customer", "merchant", "asset", "amount", "fee", "refunded", "status", "reason"):
+        orders.add_column(col, justify="right" if col in ("amount", "fee", "refunded") else "left", no_wrap=True)
+    for p in day.payments:
+        # A payment records the fee it would take even when it failed; only a success charges it.
+        fee = p.fee if p.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED else 0
+        orders.add_row(p.trade_order_id, _customer(p), p.merchant_id, asset_name(p.asset),
+                       format_minor(p.amount, p.currency), _amount(fee) if fee else "",
+                       _amount(p.refunded_amount) if p.refunded_amount else "", status_name(p.status),
+                       p.failure_reason)
+    console.print(orders)
+
+    balances = Table(title="Balances (GetBalance)")
+    for col in ("user", "wallet", "points"):
+        balances.add_column(col, justify="left" if col == "user" else "right")
+    for user_id, by_asset in day.balances.items():
+        balances.add_row(user_id, format_minor(by_asset["WALLET"].available, CNY),
+                         format_minor(by_asset["POINTS"].available, CNY))
+    console.print(balances)
+
+    books = Table(title=f"The books (Ledger API, back-office key), {CNY}")
+    for col in ("account", "debits", "credits", "pending", "credits - debits"):
+        books.add_column(col, justify="left" if col == "account" else "right")
+    sums: dict[str, list[int]] = {}
+    for line in ledger:
+        a = line.account
+        row = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
+        total = sums.setdefault(a.currency, [0, 0, 0, 0])
+        for i, v in enumerate(row):
+            total[i] += v
+        pending = f"-{_amount(a.debits_pending)} +{_amount(a.credits_pending)}" \
+            if a.debits_pending or a.credits_pending else ""
+        books.add_row(line.name, _amount(a.debits_posted), _amount(a.credits_posted), pending,
+                      _amount(a.credits_posted - a.debits_posted))
+    console.print(books)
+
+    counts = Table(title="Events received (SubscribeEvents from 0)")
+    counts.add_column("type")
+    merchant_ids = [s.merchant_id for s in STOREFRONTS]
+    for m in (*merchant_ids, "total"):
+        counts.add_column(m, justify="right")
+    by_type = Counter((e.type, e.merchant_id) for e in day.events)
+    for type_ in sorted({t for t, _ in by_type}):
+        row = [by_type[(type_, m)] for m in merchant_ids]
+        counts.add_row(type_, *map(str, row), str(sum(row)))
+    counts.add_row("[bold]all[/bold]", *(str(sum(1 for e in day.events if e.merchant_id == m)) for m in merchant_ids),
+                   str(len(day.events)))
+    console.print(counts)
+
+    verdicts = {}
+    for currency, (d_pending, d_posted, c_pending, c_posted) in sorted(sums.items()):
+        balanced = d_pending == c_pending and d_posted == c_posted
+        verdicts[currency] = balanced
+        verdict = "[green]debits = credits[/green]" if balanced else "[red]OUT OF BALANCE[/red]"
+        console.print(f"Trial balance {currency} over {len(ledger)} accounts: debits "
+                      f"{format_minor(d_posted + d_pending, currency)}, credits "
+                      f"{format_minor(c_posted + c_pending, currency)}: {verdict}")
+    return verdicts
+
+
 async def run_demo(console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or _console()
+    started = time.monotonic()
+
+    def say(text: str, *, heading: bool = False) -> None:
+        if heading:
+            console.print(f"\n[bold]{escape(text)}[/bold]")
+        else:
+            console.print(f"  {time.monotonic() - started:5.2f}s  {escape(text)}")
+
     with tempfile.TemporaryDirectory(prefix="dualflow-demo-") as tmp:
-        db = Path(tmp) / "ledger.db"
-        platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), grace_s=2))
+        db, config = Path(tmp) / "dualflow.db", Path(tmp) / "dualflow.toml"
+        shop_key, office_key = generate_api_key(), generate_api_key()
+        write_config(config, shop_key, office_key)
+        bank = ScriptedChannel(sandbox_bank, name="sandbox-bank")
+        platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), config_path=str(config),
+                                         channel="scripted", grace_s=2), dispatcher=bank)
         await platform.start()
-        console.print(f"[bold]dualflow demo[/bold]: server on {platform.address}, SQLite at {db}")
+        console.print(f"[bold]dualflow demo[/bold]: the platform on {platform.address}, SQLite in {tmp}\n"
+                      f"{len(STOREFRONTS)} merchants, a sandbox bank; the shop calls with a fresh API key "
+                      "(the config holds only its SHA-256)")
         try:
             async with grpc.aio.insecure_channel(platform.address) as channel:
-                stub = ledger_pb2_grpc.LedgerStub(channel)
-                steps = await _play(stub)
-                accounts = (await stub.LookupAccounts(pb.LookupAccountsRequest(ids=list(NAMES)))).accounts
-                statement = (await stub.GetAccountTransfers(pb.GetAccountTransfersRequest(
-                    filter=pb.AccountFilter(account_id=ALICE)))).transfers
-                history = (await stub.GetAccountBalances(pb.GetAccountBalancesRequest(
-                    filter=pb.AccountFilter(account_id=ALICE)))).balances
+                day = await demo_shop.play_day(channel, shop_key, say)
+                ledger = await read_ledger(channel, office_key, bank.name)
         finally:
             await platform.stop()
 
-    table = Table(title="What the caller asked, and what the ledger answered")
-    table.add_column("step")
-    table.add_column("results")
-    for step in steps:
-        table.add_row(step.what, ", ".join(step.results))
-    console.print(table)
-
-    balances = Table(title="Balances (CNY)")
-    for col in ("account", "debits pending", "debits posted", "credits pending", "credits posted",
-                "credits - debits"):
-        balances.add_column(col, justify="right" if col != "account" else "left")
-    sums = [0, 0, 0, 0]
-    for a in accounts:
-        row = (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
-        sums = [s + v for s, v in zip(sums, row)]
-        balances.add_row(NAMES[a.id], *map(_amount, row), _amount(a.credits_posted - a.debits_posted))
-    balances.add_row("[bold]total[/bold]", *map(_amount, sums), "")
-    console.print(balances)
-
-    by_ts = {b.transfer_id: b for b in history}
-    stmt = Table(title="Statement of alice (wallet), oldest first")
-    for col in ("transfer", "kind", "counterparty", "amount", "available after"):
-        stmt.add_column(col, justify="right" if col in ("amount", "available after") else "left")
-    for t in statement:
-        out = t.debit_account_id == ALICE
-        other = t.credit_account_id if out else t.debit_account_id
-        kind = ("hold" if t.flags & pb.TRANSFER_FLAG_PENDING else
-                "post" if t.flags & pb.TRANSFER_FLAG_POST_PENDING else
-                "void" if t.flags & pb.TRANSFER_FLAG_VOID_PENDING else "transfer")
-        b = by_ts.get(t.id)
-        available = _money(b.credits_posted - b.debits_posted - b.debits_pending) if b else ""
-        stmt.add_row(str(t.id), kind, NAMES.get(other, str(other)), ("-" if out else "+") + _money(t.amount),
-                     available)
-    console.print(stmt)
-
-    balanced = sums[0] == sums[2] and sums[1] == sums[3]
-    verdict = "[green]debits = credits[/green]" if balanced else "[red]OUT OF BALANCE[/red]"
-    console.print(f"Trial balance CNY: debits {_money(sums[0] + sums[1])}, "
-                  f"credits {_money(sums[2] + sums[3])}: {verdict}")
-    return 0 if balanced else 1
+    console.print()
+    verdicts = _print_tables(console, day, ledger)
+    checks = {
+        "a retried order returned the same payment (idempotency)": day.idempotent_ok,
+        "a refund above what is left was refused (REFUND_EXCEEDS_CAPTURED)": day.over_refund_refused,
+        "every final state and refund arrived as an event": day.events_complete,
+        "resuming the event stream from a cursor gave the same events": day.resumed_ok,
+        **{f"trial balance {c}: debits = credits": ok for c, ok in verdicts.items()},
+    }
+    for what, ok in checks.items():
+        console.print(f"  {'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {what}")
+    elapsed = time.monotonic() - started
+    if all(checks.values()) and verdicts:
+        console.print(f"[bold green]dualflow demo finished[/bold green] in {elapsed:.1f} s: "
+                      f"{len(day.payments)} payment orders, {len(day.refunds)} refund, {len(day.events)} events, "
+                      "the books balance.")
+        return 0
+    console.print(f"[bold red]dualflow demo FAILED[/bold red] after {elapsed:.1f} s: "
+                  f"{', '.join(w for w, ok in checks.items() if not ok) or 'no ledger accounts read'}")
+    return 1
 
 
 def main() -> int:
