@@ -18,7 +18,9 @@ UNAVAILABLE during the lame-duck phase.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
 import signal
 import time
 import urllib.error
@@ -208,12 +210,70 @@ def _get(url: str) -> str:
         return resp.read().decode()
 
 
-def test_demo_runs_and_balances() -> None:
+# What `dualflow demo` must show: each payment order of the shop's day, its status and reason.
+DEMO_ORDERS = {
+    "TOPUP-alice": ("SUCCEEDED", ""),
+    "TOPUP-bob": ("SUCCEEDED", ""),  # UNKNOWN first, resolved by polling
+    "TOPUP-carol": ("FAILED", "CARD_DECLINED"),
+    "PTS-alice": ("SUCCEEDED", ""),
+    "PTS-bob": ("SUCCEEDED", ""),
+    "PTS-carol": ("SUCCEEDED", ""),
+    "T-1001": ("SUCCEEDED", ""),
+    "T-1002": ("SUCCEEDED", ""),
+    "T-1003": ("FAILED", "INSUFFICIENT_FUNDS"),
+    "T-1004": ("SUCCEEDED", ""),
+    "T-1005": ("SUCCEEDED", ""),
+    "T-1006": ("SUCCEEDED", ""),
+    "T-1007": ("SUCCEEDED", ""),
+}
+DEMO_CARD_NUMBERS = ("4111111111111111", "6200000000000005", "5555555555554444")
+
+
+def _table(text: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the rich table whose first column is `first_header`, as dicts by column name."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("┃") and
+                 line.strip("┃").split("┃")[0].strip() == first_header)
+    header = [c.strip() for c in lines[start].strip("┃").split("┃")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("│"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("│").split("│")), strict=True)))
+    return rows
+
+
+def test_demo_plays_a_shop_and_balances() -> None:
+    # Rich lays tables out for a pipe at its own width; an inherited COLUMNS or forced colour would
+    # change the layout this test reads.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")}
     started = time.monotonic()
-    done = run_cli(["demo"], timeout_s=90)
-    assert done.returncode == 0, f"demo exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "debits = credits" in done.stdout, done.stdout
-    assert "OUT OF BALANCE" not in done.stdout
-    # The demo's story happened: the overdraft and the failing chain were rejected as values.
-    assert "EXCEEDS_CREDITS" in done.stdout and "LINKED_EVENT_FAILED" in done.stdout, done.stdout
-    print(f"demo: {time.monotonic() - started:.1f}s")
+    done = run_cli(["demo"], timeout_s=90, env=env)
+    elapsed_s = time.monotonic() - started
+    out = done.stdout
+    assert done.returncode == 0, f"demo exited {done.returncode}\nstdout:\n{out}\nstderr:\n{done.stderr}"
+    assert "debits = credits" in out, out
+    assert "OUT OF BALANCE" not in out and "dualflow demo FAILED" not in out, out
+    assert "dualflow demo finished" in out.splitlines()[-1], out
+
+    # Cards are shown masked, never in full, on either stream.
+    for number in DEMO_CARD_NUMBERS:
+        assert number not in out and number not in done.stderr
+        assert f"{number[:6]}******{number[-4:]}" in out
+
+    orders = {row["trade order"]: row for row in _table(out, "trade order")}
+    assert {k: (row["status"], row["reason"]) for k, row in orders.items()} == DEMO_ORDERS, out
+    assert orders["T-1005"]["refunded"] == "80.00"
+    assert orders["T-1001"]["fee"] == "1.01" and orders["T-1003"]["fee"] == ""  # 60 bps; a failure charges none
+    assert re.search(r"T-1003 carol +88\.00 CNY by WALLET at bookshop: FAILED INSUFFICIENT_FUNDS", out), out
+    top_ups = {row["customer"]: row["states"] for row in _table(out, "customer")}
+    assert re.fullmatch(r"CREATED → PROCESSING \S+ → UNKNOWN \S+ → SUCCEEDED \S+", top_ups["bob"]), top_ups
+    assert "the same payment pay_" in out
+    assert "refused: FAILED_PRECONDITION REFUND_EXCEEDS_CAPTURED" in out
+    wallets = {row["user"]: row["wallet"] for row in _table(out, "user")}
+    assert wallets == {"alice": "576.00 CNY", "bob": "340.00 CNY", "carol": "0.00 CNY"}
+    events = {row["type"]: row["total"] for row in _table(out, "type")}
+    assert events["payment.unknown"] == "1" and events["refund.succeeded"] == "1", events
+    assert out.count("  ok   ") == 5 and "FAIL " not in out, out
+    print(f"demo: {elapsed_s:.1f}s")
+    assert elapsed_s < 60
