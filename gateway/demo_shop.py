@@ -395,8 +395,8 @@ async def play_day(channel: grpc.aio.Channel, api_key: str, say: Say) -> Day:
         cut = len(tea) // 2
         resumed = await consumer.resume(WALLET_MERCHANT, tea[cut].sequence, len(tea) - cut - 1)
         day.resumed_ok = [e.event_id for e in resumed] == [e.event_id for e in tea[cut + 1:]]
-        say(f"{len(day.events)} events received. Resumed after {WALLET_MERCHANT} event #{cut + 1} (its sequence "
-            f"is the cursor): the next {len(resumed)} {'match' if day.resumed_ok else 'DO NOT match'} the first stream")
+        say(f"{len(day.events)} events received; resumed after {WALLET_MERCHANT} event #{cut + 1} (its sequence): "
+            f"the next {len(resumed)} {'match' if day.resumed_ok else 'DO NOT match'} the first stream")
     finally:
         await consumer.stop()
     return day
