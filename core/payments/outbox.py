@@ -83,7 +83,9 @@ class OutboxFeed:
                 return
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), min(left, self.poll_interval_s))
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                async with asyncio.timeout(min(left, self.poll_interval_s)):
+                    await changed.wait()
             except TimeoutError:
                 await self.refresh_head()
 

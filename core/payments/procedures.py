@@ -129,7 +129,7 @@ class CreatePayment(_Procedure):
     fingerprint: str
     payment_id: str
     fee: int
-    key_expires_at_ns: int
+    key_window_ns: int
     channel: str = ""
     card: Any = None  # CardInfo for BANK_CARD
     max_items: int = _EXTENSION_ITEMS
@@ -161,7 +161,7 @@ class CreatePayment(_Procedure):
         else:
             outcome = yield from self._hold_external(ctx, payment, payee)
         yield from ctx.execute(records.UPSERT_KEY, (scope, req.request_id, self.fingerprint, self.payment_id,
-                                                    self.key_expires_at_ns))
+                                                    ctx.now_ns + self.key_window_ns))
         return outcome
 
     def _settle_internal(self, ctx: Context, payment: Payment, payer: Party, payee: Party) -> _Gen:
@@ -294,7 +294,7 @@ class RefundPayment(_Procedure):
     reason: str
     fingerprint: str
     refund_id: str
-    key_expires_at_ns: int
+    key_window_ns: int
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -347,7 +347,7 @@ class RefundPayment(_Procedure):
         if refund.status is RefundStatus.SUCCEEDED:
             touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer,))
         yield from ctx.execute(records.UPSERT_KEY, (scope, self.request_id, self.fingerprint, refund.refund_id,
-                                                    self.key_expires_at_ns))
+                                                    ctx.now_ns + self.key_window_ns))
         return Outcome("created", payment=payment, refund=refund, touched_accounts=touched)
 
 

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -84,7 +84,6 @@ class PaymentService:
         *,
         dispatcher: ChannelDispatcher | None = None,
         cards: CardLookup | None = None,
-        clock_ns: Callable[[], int] = time.time_ns,
         key_window_s: int = 24 * 3600,
         submit_timeout_s: float = 10.0,
         poll_initial_s: float = 0.5,
@@ -93,12 +92,15 @@ class PaymentService:
         balance_cache_size: int = 100_000,
         balance_cache_ttl_s: float = 2.0,
         outbox_poll_interval_s: float = 0.2,
+        outbox_retention_s: int = 7 * 24 * 3600,
+        maintenance_interval_s: float = 60.0,
     ) -> None:
         self.ledger = ledger
         self.merchants = dict(merchants)
         self.dispatcher = dispatcher
         self.cards = cards
-        self.clock_ns = clock_ns
+        # One clock for the whole commit: the ledger's (its writer stamps every change).
+        self.clock_ns = ledger.clock_ns
         self.key_window_ns = key_window_s * NS
         self.submit_timeout_s = submit_timeout_s
         self.poll_initial_s = poll_initial_s
@@ -111,6 +113,8 @@ class PaymentService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._driving: set[str] = set()
         self._stopping = False
+        self.outbox_retention_ns = outbox_retention_s * NS
+        self.maintenance_interval_s = maintenance_interval_s
 
     # ---- lifecycle
     async def start(self) -> None:
@@ -118,6 +122,8 @@ class PaymentService:
         await self.feed.refresh_head()
         if self.dispatcher is not None:
             await self._resume_open_payments()
+        if self.maintenance_interval_s > 0:
+            self._spawn(self._maintain_forever(), "maintenance")
 
     async def stop(self) -> None:
         """Stop driving payments; whatever is open is picked up again by the next start()."""
@@ -156,10 +162,9 @@ class PaymentService:
         fee = 0
         if payee is not None and payee.kind == "merchant" and request.asset is not Asset.POINTS:
             fee = (request.amount * merchant.fee_bps + 5_000) // 10_000
-        now = self.clock_ns()
         procedure = CreatePayment(
             request=request, fingerprint=fingerprint(asdict(request)), payment_id=_new_id("pay"), fee=fee,
-            key_expires_at_ns=now + self.key_window_ns, channel=channel, card=card,
+            key_window_ns=self.key_window_ns, channel=channel, card=card,
         )
         outcome: Outcome = await self.ledger.run(procedure)
         if outcome.kind == "reused":
@@ -202,7 +207,7 @@ class PaymentService:
         outcome: Outcome = await self.ledger.run(RefundPayment(
             request_id=request_id, payment_id=payment_id, amount=amount, reason=reason,
             fingerprint=fingerprint([payment_id, amount, reason]), refund_id=_new_id("rfd"),
-            key_expires_at_ns=self.clock_ns() + self.key_window_ns))
+            key_window_ns=self.key_window_ns))
         if outcome.reason == "PAYMENT_NOT_FOUND":
             raise NotFound(f"no payment {payment_id!r}", reason="PAYMENT_NOT_FOUND")
         if outcome.kind == "reused":
@@ -339,9 +344,24 @@ class PaymentService:
                                        (payment_id,))
         return [records.refund_from_body(r[0]) for r in rows]
 
-    async def prune_request_keys(self) -> None:
-        """Forget idempotency keys older than the window (the same key then makes a new payment)."""
-        await self.ledger.write([("DELETE FROM request_keys WHERE expires_at_ns <= ?", (self.clock_ns(),))])
+    async def prune(self) -> None:
+        """Forget idempotency keys past their window (the same key then makes a new payment)
+        and outbox events past retention (SubscribeEvents from 0 starts at the oldest kept)."""
+        now = self.clock_ns()
+        await self.ledger.write([
+            ("DELETE FROM request_keys WHERE expires_at_ns <= ?", (now,)),
+            ("DELETE FROM outbox WHERE created_at_ns < ?", (now - self.outbox_retention_ns,)),
+        ])
+
+    async def _maintain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.maintenance_interval_s)
+            try:
+                await self.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - pruning later is fine; it must not stop
+                log.exception("pruning request keys and outbox failed; retrying later")
 
     # ---- helpers
     def _validate(self, r: PaymentRequest) -> Merchant:
@@ -433,6 +453,14 @@ class PaymentService:
             metrics.OPEN_EXTERNAL.dec()
             self._driving.discard(payment.payment_id)
 
+    async def _ask(self, call: Any) -> ChannelAnswer:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that races the inner call's completion, and then stop()
+        # would wait forever on a poll loop that never learned it was cancelled.
+        async with asyncio.timeout(self.submit_timeout_s):
+            answer: ChannelAnswer = await call
+        return answer
+
     def _instruction(self, payment: Payment) -> Instruction:
         return Instruction(
             instruction_id=payment.payment_id, kind="pay", merchant_id=payment.merchant_id, asset=payment.asset,
@@ -454,8 +482,7 @@ class PaymentService:
             assert outcome.payment is not None
             payment = outcome.payment
             try:
-                answer = await asyncio.wait_for(self.dispatcher.submit(self._instruction(payment)),
-                                                self.submit_timeout_s)
+                answer = await self._ask(self.dispatcher.submit(self._instruction(payment)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - it may have left: unknown, not failed
@@ -467,12 +494,11 @@ class PaymentService:
         assert self.dispatcher is not None
         delay = self.poll_initial_s
         give_up_at = time.monotonic() + self.poll_give_up_s
-        while not payment.status.final and time.monotonic() < give_up_at:
+        while not payment.status.final and time.monotonic() < give_up_at and not self._stopping:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.poll_max_interval_s)
             try:
-                answer = await asyncio.wait_for(self.dispatcher.query(self._instruction(payment)),
-                                                self.submit_timeout_s)
+                answer = await self._ask(self.dispatcher.query(self._instruction(payment)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed poll tells us nothing; ask again later
@@ -494,7 +520,7 @@ class PaymentService:
                 answer = await self.dispatcher.query(instruction)
             else:
                 try:
-                    answer = await asyncio.wait_for(self.dispatcher.submit(instruction), self.submit_timeout_s)
+                    answer = await self._ask(self.dispatcher.submit(instruction))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001
@@ -517,7 +543,7 @@ class PaymentService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.poll_max_interval_s)
                 try:
-                    answer = await asyncio.wait_for(self.dispatcher.query(instruction), self.submit_timeout_s)
+                    answer = await self._ask(self.dispatcher.query(instruction))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: BLE001 - ask again later

@@ -199,3 +199,17 @@ async def test_restart_resumes_open_payments_without_resending(db_url: str) -> N
         await wait_status(service, p.payment_id, PaymentStatus.SUCCEEDED)
         assert later.submitted == []
         assert later.queries >= 1
+
+
+async def test_request_keys_expire_after_the_window(db_url: str) -> None:
+    now = [10**18]
+    async with payment_service(db_url, clock_ns=lambda: now[0], key_window_s=60) as service:
+        await fund(service, "alice", Asset.WALLET, 1_000)
+        first = await service.create_payment(pay("k1", 100))
+        now[0] += 59 * 10**9
+        assert (await service.create_payment(pay("k1", 100))).payment_id == first.payment_id
+        now[0] += 2 * 10**9
+        await service.prune()
+        second = await service.create_payment(pay("k1", 100))
+        assert second.payment_id != first.payment_id
+        assert await wallet(service, "alice") == 800

@@ -1,4 +1,5 @@
-"""core/ledger/model.py mirrors the enums of dualflow/v1/ledger.proto one to one.
+"""core/ledger/model.py and core/payments/model.py mirror the enums of
+dualflow/v1/ledger.proto and payments.proto one to one.
 
 Result codes and flag bits are a released contract: the gateway converts by
 number, so a name or number that drifts on one side silently changes meaning.
@@ -14,7 +15,10 @@ import pytest
 from google.protobuf.descriptor import EnumDescriptor
 
 from dualflow.core.ledger import model
-from dualflow.v1 import ledger_pb2
+from dualflow.core.payments import model as payments_model
+from dualflow.v1 import ledger_pb2, payments_pb2
+
+PROTO_FILES = (ledger_pb2.DESCRIPTOR, payments_pb2.DESCRIPTOR)
 
 MIRRORS: list[tuple[type[enum.IntEnum] | type[enum.IntFlag], str, str]] = [
     # python enum                  proto enum              proto prefix
@@ -23,6 +27,9 @@ MIRRORS: list[tuple[type[enum.IntEnum] | type[enum.IntFlag], str, str]] = [
     (model.TransferFlags,          "TransferFlag",         "TRANSFER_FLAG_"),
     (model.CreateAccountResult,    "CreateAccountResult",  "CREATE_ACCOUNT_RESULT_"),
     (model.CreateTransferResult,   "CreateTransferResult", "CREATE_TRANSFER_RESULT_"),
+    (payments_model.Asset,         "Asset",                "ASSET_"),
+    (payments_model.PaymentStatus, "PaymentStatus",        "PAYMENT_STATUS_"),
+    (payments_model.RefundStatus,  "RefundStatus",         "REFUND_STATUS_"),
 ]
 # Proto enums with no Python enum, and why.
 NOT_MIRRORED = {
@@ -31,7 +38,10 @@ NOT_MIRRORED = {
 
 
 def _proto(name: str) -> EnumDescriptor:
-    return ledger_pb2.DESCRIPTOR.enum_types_by_name[name]
+    for file in PROTO_FILES:
+        if name in file.enum_types_by_name:
+            return file.enum_types_by_name[name]
+    raise KeyError(name)
 
 
 def _python_members(py: type[enum.Enum]) -> dict[str, int]:
@@ -62,7 +72,8 @@ def test_no_aliases(py: type[enum.Enum], proto_name: str, prefix: str) -> None:
 
 def test_every_proto_enum_is_mirrored_or_explained() -> None:
     mirrored = {m[1] for m in MIRRORS}
-    assert set(ledger_pb2.DESCRIPTOR.enum_types_by_name) == mirrored | set(NOT_MIRRORED)
+    declared = {name for file in PROTO_FILES for name in file.enum_types_by_name}
+    assert declared == mirrored | set(NOT_MIRRORED)
 
 
 @pytest.mark.parametrize("py", [model.AccountFlags, model.TransferFlags])
