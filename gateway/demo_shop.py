@@ -239,11 +239,10 @@ class Shop:
             metadata=self.metadata, timeout=CALL_TIMEOUT_S)
         top_up = TopUp(customer.user_id, masked(card), customer.top_up_amount)
         started = time.monotonic()
-        # The core refuses payer == payee, and for a card the payer is the cardholder outside the
-        # platform: "user:<id>:card" names that side; the money lands in "user:<id>" (the wallet).
+        # A top-up: the user pays themselves from their card; the money lands in their wallet.
         created = await self.stub.CreatePayment(pb.CreatePaymentRequest(
             request_id=f"topup-{customer.user_id}-1", merchant_id=WALLET_MERCHANT,
-            payer=f"user:{customer.user_id}:card", payee=f"user:{customer.user_id}",
+            payer=f"user:{customer.user_id}", payee=f"user:{customer.user_id}",
             amount=customer.top_up_amount, currency=CNY, asset=pb.ASSET_BANK_CARD,
             method=pb.PaymentMethod(card_token=card.token), trade_order_id=f"TOPUP-{customer.user_id}",
             description="wallet top-up"), metadata=self.metadata, timeout=CALL_TIMEOUT_S)

@@ -123,6 +123,12 @@ def payment_request_from_pb(r: pb.CreatePaymentRequest) -> PaymentRequest:
     )
 
 
+def _endpoint_to_pb(endpoint: Any, secret: str = "") -> pb.WebhookEndpoint:
+    return pb.WebhookEndpoint(endpoint_id=endpoint.id, merchant_id=endpoint.merchant_id, url=endpoint.url,
+                              event_types=[t for t in endpoint.event_types if t != "*"], enabled=endpoint.enabled,
+                              secret=secret)
+
+
 def _merchant_scope(merchant_id: str, field: str = "merchant_id") -> str:
     """The merchant filter a listing or stream may use: required unless the caller sees every merchant."""
     caller = current_caller()
@@ -218,6 +224,51 @@ class PaymentGatewayServicer(payments_pb2_grpc.PaymentGatewayServicer):
                 # Everything up to `head` was read (filters may have skipped it): wait past it.
                 cursor = max(cursor, head)
                 await feed.wait_for_new(cursor, WAIT_S)
+
+    # ---- webhooks (the notification system)
+    def _registry(self) -> Any:
+        if self.webhooks is None:
+            raise PreconditionFailed("this server has no webhook registry", reason="WEBHOOKS_UNAVAILABLE")
+        return self.webhooks
+
+    async def _endpoint_for_caller(self, endpoint_id: str) -> Any:
+        endpoint = await self._registry().endpoint(endpoint_id)
+        current_caller().check_merchant(endpoint.merchant_id)
+        return endpoint
+
+    async def RegisterWebhook(self, request: pb.RegisterWebhookRequest,
+                              context: grpc.aio.ServicerContext) -> pb.WebhookEndpoint:
+        current_caller().check_merchant(request.merchant_id)
+        endpoint, secret = await self._registry().add_endpoint(request.merchant_id, request.url,
+                                                               list(request.event_types) or "*")
+        return _endpoint_to_pb(endpoint, secret)
+
+    async def ListWebhooks(self, request: pb.ListWebhooksRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListWebhooksResponse:
+        current_caller().check_merchant(request.merchant_id)
+        endpoints = await self._registry().list_endpoints(request.merchant_id)
+        return pb.ListWebhooksResponse(endpoints=[_endpoint_to_pb(e) for e in endpoints])
+
+    async def DisableWebhook(self, request: pb.DisableWebhookRequest,
+                             context: grpc.aio.ServicerContext) -> pb.WebhookEndpoint:
+        await self._endpoint_for_caller(request.endpoint_id)
+        await self._registry().disable_endpoint(request.endpoint_id)
+        return _endpoint_to_pb(await self._registry().endpoint(request.endpoint_id))
+
+    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListDeadLettersResponse:
+        current_caller().check_merchant(request.merchant_id)
+        dead = await self._registry().list_dead_letters(request.merchant_id, request.limit or 100)
+        return pb.ListDeadLettersResponse(dead_letters=[pb.DeadLetter(
+            delivery_id=d.id, endpoint_id=d.endpoint_id, event_id=d.event_id, attempts=d.attempts,
+            last_error=d.last_error or "", updated_at_ns=d.updated_at_ms * 1_000_000) for d in dead])
+
+    async def RedeliverWebhook(self, request: pb.RedeliverWebhookRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RedeliverWebhookResponse:
+        delivery = await self._registry().delivery(request.delivery_id)
+        await self._endpoint_for_caller(delivery.endpoint_id)
+        await self._registry().redeliver(request.delivery_id)
+        return pb.RedeliverWebhookResponse()
 
     async def TokenizeCard(self, request: pb.TokenizeCardRequest,
                            context: grpc.aio.ServicerContext) -> pb.CardSummary:

@@ -24,6 +24,7 @@ from dualflow.core.payments.dispatch import ChannelDispatcher
 from dualflow.core.payments.model import Merchant
 from dualflow.core.payments.service import PaymentService
 from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
+from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
 from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
 
 from .auth import AccessControl
@@ -101,6 +102,11 @@ class Platform:
             dispatcher = ScriptedChannel()
         merchants = {m.id: Merchant(m.id, m.name, frozenset(m.currencies), m.fee_bps) for m in self.settings.merchants}
         self.payments = PaymentService(self.ledger, merchants, dispatcher=dispatcher, cards=self.vault)
+        # Notifications read the outbox and never sit on the payment path: a dead
+        # endpoint delays only its own deliveries.
+        self.webhooks = WebhookRegistry(self.ledger)
+        self.webhook_dispatcher = WebhookDispatcher(self.ledger, self.payments.feed)
+        self._lag_watch: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -117,9 +123,11 @@ class Platform:
         if not self.settings.auth_enabled:
             log.warning("authentication disabled: no callers configured (pass --config to require API keys)")
         await self.ledger.start()
-        await self.ledger.ensure_schema(VAULT_SCHEMA)
+        await self.ledger.ensure_schema([*VAULT_SCHEMA, *WEBHOOK_SCHEMA])
         await self.payments.start()
-        servicer = PaymentGatewayServicer(self.payments, vault=self.vault)
+        await self.webhook_dispatcher.start()
+        self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
+        servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
         self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor,
                                                 health_servicer=self._health, payments=servicer)
         await self.server.start()
@@ -128,6 +136,19 @@ class Platform:
             self._metrics_http = http
             self.metrics_port = http.server_port
         log.info("dualflow serving on %s (db backend %s)", self.address, self.ledger.store.backend)
+
+    async def _watch_outbox_lag(self) -> None:
+        """dualflow_outbox_lag_seconds{consumer="webhooks"}: how far notifications trail the outbox."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                rows = await self.ledger.query("SELECT MIN(created_at_ns) FROM outbox WHERE seq > ?",
+                                               (self.webhook_dispatcher.cursor,))
+                self.payments.feed.record_lag("webhooks", rows[0][0] if rows and rows[0][0] is not None else None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a missed sample is fine
+                log.debug("outbox lag sample failed", exc_info=True)
 
     async def _drain(self, grace_s: float) -> float:
         """Lame duck before grpc's own stop; returns what is left of the grace period.
@@ -162,6 +183,11 @@ class Platform:
             remaining_s = await self._drain(self.config.grace_s)
             await self.server.stop(remaining_s)  # refuse new calls, drain in-flight ones
             self.server = None
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
+            self._lag_watch = None
+        await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
         await self.payments.stop()  # open external payments resume at the next start
         await self.ledger.stop()  # flush the group-commit writer, close storage
         if self._metrics_http is not None:

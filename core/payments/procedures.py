@@ -171,7 +171,7 @@ class CreatePayment(_Procedure):
         fees = fee_account(cur)
         opened = yield from _open(ctx, [src, dst, fees])
         if not opened:
-            failed = replace(payment, status=PaymentStatus.FAILED, failure_reason="ACCOUNT_MISCONFIGURED")
+            failed = replace(payment, status=PaymentStatus.FAILED, failure_reason="ACCOUNT_MISCONFIGURED", fee=0)
             yield from _save_payment(ctx, failed, "payment.failed")
             return Outcome("created", payment=failed)
         legs = [Transfer(id=transfer_id(payment.payment_id, "pay"), debit_account_id=src.id,
@@ -186,7 +186,7 @@ class CreatePayment(_Procedure):
             yield from _save_payment(ctx, done, "payment.succeeded")
             touched = yield from _balance_events(ctx, payment.merchant_id, done, (payment.payer, payment.payee))
             return Outcome("created", payment=done, touched_accounts=touched)
-        failed = replace(payment, status=PaymentStatus.FAILED, failure_reason=_failure_reason(results))
+        failed = replace(payment, status=PaymentStatus.FAILED, failure_reason=_failure_reason(results), fee=0)
         yield from _save_payment(ctx, failed, "payment.failed")
         return Outcome("created", payment=failed)
 
@@ -200,7 +200,7 @@ class CreatePayment(_Procedure):
                         flags=TransferFlags.PENDING)
         results = (yield from ctx.create_transfers([hold])) if opened else []
         if not opened or results[0] not in _SETTLED:
-            failed = replace(payment, status=PaymentStatus.FAILED,
+            failed = replace(payment, status=PaymentStatus.FAILED, fee=0,
                              failure_reason=_failure_reason(results) if opened else "ACCOUNT_MISCONFIGURED")
             yield from _save_payment(ctx, failed, "payment.failed")
             return Outcome("created", payment=failed)
@@ -244,6 +244,7 @@ class MovePayment(_Procedure):
             changes["channel_reference"] = self.channel_reference
         if self.target in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
             changes["failure_reason"] = self.reason or self.target.name
+            changes["fee"] = 0  # nothing was charged
         moved = payment.moved(self.target, ctx.now_ns, **changes)
         hold_id = transfer_id(payment.payment_id, "hold")
         touched: list[int] = []

@@ -383,7 +383,8 @@ class PaymentService:
         if payee is None:
             bad.append(FieldViolation("payee", 'must be "user:<id>" or "merchant:<id>"'))
         if payer is not None and payee is not None:
-            if payer == payee:
+            # A user may top up their own wallet from their own card or bank account.
+            if payer == payee and r.asset.internal:
                 bad.append(FieldViolation("payee", "must differ from payer"))
             if payer.kind == "merchant" and not (r.asset is Asset.POINTS and payer.id == r.merchant_id):
                 bad.append(FieldViolation("payer", "a merchant can only pay by issuing its own points"))

@@ -213,3 +213,19 @@ async def test_request_keys_expire_after_the_window(db_url: str) -> None:
         second = await service.create_payment(pay("k1", 100))
         assert second.payment_id != first.payment_id
         assert await wallet(service, "alice") == 800
+
+
+async def test_top_up_own_wallet_by_bank_and_no_fee_when_failed(db_url: str) -> None:
+    channel = ScriptedChannel(lambda i: Plan(on_submit=failed("DECLINED")) if i.amount == 13 else Plan())
+    async with payment_service(db_url, channel) as service:
+        top_up = await service.create_payment(pay("t1", 700, Asset.BANK_TRANSFER, payee="user:alice",
+                                                  bank_account=BANK))
+        await wait_status(service, top_up.payment_id, PaymentStatus.SUCCEEDED)
+        assert await wallet(service, "alice") == 700
+        with pytest.raises(InvalidRequest):
+            await service.create_payment(pay("t2", 5, Asset.WALLET, payee="user:alice"))
+        declined = await service.create_payment(pay("t3", 13, Asset.BANK_TRANSFER, bank_account=BANK))
+        await wait_status(service, declined.payment_id, PaymentStatus.FAILED)
+        assert (await service.get_payment(declined.payment_id)).fee == 0
+        broke = await service.create_payment(pay("t4", 10_000))
+        assert broke.status is PaymentStatus.FAILED and broke.fee == 0

@@ -306,3 +306,75 @@ async def test_a_thousand_concurrent_creates_with_duplicate_keys(running: Runnin
         balance = await stub.GetBalance(pb.GetBalanceRequest(user_id=user, asset=pb.ASSET_WALLET, currency="CNY"),
                                         metadata=md)
         assert balance.available == 100_000 - spent, user
+
+
+async def test_webhooks_signed_dead_lettered_and_redelivered(running: Running) -> None:
+    from aiohttp import web
+
+    from dualflow.core.webhooks.signature import SIGNATURE_HEADER, verify
+
+    stub, md = running.stub, running.md()
+    await fund(running.platform.payments, "alice", Asset.WALLET, 1_000)
+    received: list[tuple[str, bytes, str]] = []
+    accept = {"ok": True, "broken": False}
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append((request.path, body, request.headers[SIGNATURE_HEADER]))
+        return web.Response(status=200 if accept[request.path.strip("/")] else 400)
+
+    app = web.Application()
+    app.router.add_post("/ok", hook)
+    app.router.add_post("/broken", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        good = await stub.RegisterWebhook(pb.RegisterWebhookRequest(
+            merchant_id="shop", url=f"http://127.0.0.1:{port}/ok", event_types=["payment.succeeded"]), metadata=md)
+        bad = await stub.RegisterWebhook(pb.RegisterWebhookRequest(
+            merchant_id="shop", url=f"http://127.0.0.1:{port}/broken"), metadata=md)
+        assert good.secret.startswith("whsec_")
+        listed = await stub.ListWebhooks(pb.ListWebhooksRequest(merchant_id="shop"), metadata=md)
+        assert {e.endpoint_id for e in listed.endpoints} == {good.endpoint_id, bad.endpoint_id}
+        assert all(not e.secret for e in listed.endpoints)
+        assert await refused(stub.RegisterWebhook(pb.RegisterWebhookRequest(merchant_id="shop", url="ftp://x"),
+                                                  metadata=md)) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                                    "WEBHOOK_URL_INVALID")
+        paid = await stub.CreatePayment(create("w-1", 100), metadata=md)
+        for _ in range(300):
+            dead = await stub.ListDeadLetters(pb.ListDeadLettersRequest(merchant_id="shop"), metadata=md)
+            if any(p == "/ok" for p, _, _ in received) and dead.dead_letters:
+                break
+            await asyncio.sleep(0.02)
+        path, body, header = next(r for r in received if r[0] == "/ok")
+        verify(good.secret, body, header, now=int(__import__("time").time()))
+        assert paid.payment_id.encode() in body
+        with pytest.raises(ValueError):
+            verify(bad.secret, body, header, now=int(__import__("time").time()))
+        assert dead.dead_letters, "a 400 answer parks the delivery at once"
+        accept["broken"] = True
+        for _ in range(300):  # the broken endpoint gets two events: payment.succeeded, balance.updated
+            dead = await stub.ListDeadLetters(pb.ListDeadLettersRequest(merchant_id="shop"), metadata=md)
+            if len(dead.dead_letters) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(dead.dead_letters) == 2
+        for letter in dead.dead_letters:
+            await stub.RedeliverWebhook(pb.RedeliverWebhookRequest(delivery_id=letter.delivery_id), metadata=md)
+        for _ in range(300):
+            if not (await stub.ListDeadLetters(pb.ListDeadLettersRequest(merchant_id="shop"),
+                                               metadata=md)).dead_letters:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the redelivered webhook stayed dead")
+        assert await refused(stub.ListWebhooks(pb.ListWebhooksRequest(merchant_id="shop"),
+                                               metadata=running.md(OTHER_KEY))) == (
+            grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
+        off = await stub.DisableWebhook(pb.DisableWebhookRequest(endpoint_id=good.endpoint_id), metadata=md)
+        assert not off.enabled
+    finally:
+        await runner.cleanup()
