@@ -10,12 +10,22 @@ from collections.abc import Sequence
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError
     from .server import ServerConfig, serve
 
+    tls = (args.tls_cert, args.tls_key, args.tls_client_ca)
+    if any(tls) and not all(tls):
+        print("dualflow: --tls-cert, --tls-key and --tls-client-ca go together", file=sys.stderr)
+        return 2
     config = ServerConfig(listen=args.listen, db=args.db, metrics_port=args.metrics_port,
                           metrics_host=args.metrics_host, grace_s=args.grace, config_path=args.config,
-                          channel=args.channel)
-    asyncio.run(serve(config))
+                          channel=args.channel, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          tls_client_ca=args.tls_client_ca)
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        print(f"dualflow: bad config {args.config}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -44,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None,
                        help="TOML file: merchants, callers (API keys, permissions, rate limits), card vault keys "
                             "(see examples/dualflow.example.toml); without it authentication is off")
+    serve.add_argument("--tls-cert", help="serve TLS with this certificate (PEM); needs --tls-key and --tls-client-ca")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS: required)")
     serve.add_argument("--channel", choices=("none", "scripted"), default="none",
                        help="how external payments reach the fund flow: none (refused) or scripted (answered "
                             "in-process, for development)")

@@ -27,7 +27,7 @@ from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
 from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
 from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
 
-from .auth import AccessControl
+from .auth import AccessControl, server_credentials
 from .config import PlatformConfig, load_config
 from .interceptors import ServerInterceptor
 from .ledger_servicer import LedgerServicer
@@ -56,12 +56,18 @@ class ServerConfig:
     # "scripted": external payments are answered in-process (development and the demo);
     # "none": BANK_CARD / BANK_TRANSFER payments are refused until a channel is configured.
     channel: str = "none"
+    # mTLS: all three or none. Client certificates are required and verified, and a
+    # caller configured with `mtls_common_name` is authenticated by its certificate.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
 
 def create_server(ledger: LedgerService, address: str, *,
                   interceptor: ServerInterceptor | None = None,
                   health_servicer: health.aio.HealthServicer | None = None,
-                  payments: PaymentGatewayServicer | None = None) -> tuple[grpc.aio.Server, int]:
+                  payments: PaymentGatewayServicer | None = None,
+                  credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
         interceptors=[interceptor or ServerInterceptor()],
@@ -80,7 +86,8 @@ def create_server(ledger: LedgerService, address: str, *,
         # set() is a coroutine in the aio servicer; schedule it on the running loop.
         asyncio.ensure_future(health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING))
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials is not None \
+        else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port
@@ -128,8 +135,12 @@ class Platform:
         await self.webhook_dispatcher.start()
         self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
-        self.server, self.port = create_server(self.ledger, self.config.listen, interceptor=self._interceptor,
-                                                health_servicer=self._health, payments=servicer)
+        cfg = self.config
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) \
+            if cfg.tls_cert and cfg.tls_key and cfg.tls_client_ca else None
+        self.server, self.port = create_server(self.ledger, cfg.listen, interceptor=self._interceptor,
+                                                health_servicer=self._health, payments=servicer,
+                                                credentials=credentials)
         await self.server.start()
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)

@@ -224,11 +224,11 @@ def validate_card(pan: object, exp_month: object, exp_year: object, *, now_s: fl
     """Raise InvalidRequest(CARD_INVALID) listing every rule the card breaks; never echoes it."""
     violations: list[FieldViolation] = []
     if not isinstance(pan, str) or not pan.isascii() or not pan.isdigit():
-        violations.append(FieldViolation("pan", "must be a string of digits only"))
+        violations.append(FieldViolation("card_number", "must be a string of digits only"))
     elif not 12 <= len(pan) <= 19:
-        violations.append(FieldViolation("pan", "must be 12 to 19 digits long"))
+        violations.append(FieldViolation("card_number", "must be 12 to 19 digits long"))
     elif not luhn_ok(pan):
-        violations.append(FieldViolation("pan", "fails the Luhn check"))
+        violations.append(FieldViolation("card_number", "fails the Luhn check"))
     month_ok = isinstance(exp_month, int) and not isinstance(exp_month, bool) and 1 <= exp_month <= 12
     if not month_ok:
         violations.append(FieldViolation("exp_month", "must be an integer from 1 to 12"))

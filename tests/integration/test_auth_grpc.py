@@ -470,3 +470,27 @@ async def test_mtls_port_refuses_unverified_clients(tls_port: int, pki: Pki, cli
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await lookup(ledger_pb2_grpc.LedgerStub(channel), metadata=READER, timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_platform_serves_mtls_from_its_config(tmp_path: Path, pki: Pki) -> None:
+    """`dualflow serve --tls-cert/--tls-key/--tls-client-ca` path: Platform binds a verified mTLS port."""
+    from dualflow.gateway.server import Platform, ServerConfig
+
+    config = tmp_path / "dualflow.toml"
+    config.write_text(f'[[callers]]\nname = "batch"\nmtls_common_name = "{BATCH_CN}"\n'
+                      'merchants = ["*"]\npermissions = ["ledger.read"]\n')
+    platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "l.db"), config_path=str(config),
+                                     expiry_interval_s=0, tls_cert=str(pki.server_cert),
+                                     tls_key=str(pki.server_key), tls_client_ca=str(pki.ca_file)))
+    await platform.start()
+    try:
+        async with tls_channel(platform.port, pki, BATCH_CN) as channel:
+            got = await ledger_pb2_grpc.LedgerStub(channel).LookupAccounts(pb.LookupAccountsRequest(ids=[1]))
+            assert list(got.accounts) == []
+        async with tls_channel(platform.port, pki, None) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ledger_pb2_grpc.LedgerStub(channel).LookupAccounts(pb.LookupAccountsRequest(ids=[1]),
+                                                                         timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await platform.stop()

@@ -200,18 +200,18 @@ def test_key_ring_config_errors_never_echo_keys(config: dict, message: str) -> N
 
 @pytest.mark.parametrize(("pan", "exp_month", "exp_year", "fields"), [
     # pan                        month  year   violated fields
-    ("4111111111111112",         12,    2031,  ["pan"]),              # Luhn
-    ("4111 1111 1111 1111",      12,    2031,  ["pan"]),              # not digits only
-    ("41111111111",              12,    2031,  ["pan"]),              # 11 digits
-    ("4" * 20,                   12,    2031,  ["pan"]),              # 20 digits
-    ("４１１１１１１１１１１１１１１１", 12, 2031, ["pan"]),              # full-width digits
+    ("4111111111111112",         12,    2031,  ["card_number"]),              # Luhn
+    ("4111 1111 1111 1111",      12,    2031,  ["card_number"]),              # not digits only
+    ("41111111111",              12,    2031,  ["card_number"]),              # 11 digits
+    ("4" * 20,                   12,    2031,  ["card_number"]),              # 20 digits
+    ("４１１１１１１１１１１１１１１１", 12, 2031, ["card_number"]),              # full-width digits
     (VISA,                       13,    2031,  ["exp_month"]),
     (VISA,                       0,     2031,  ["exp_month"]),
     (VISA,                       5,     2030,  ["exp_month"]),        # expired last month
     (VISA,                       12,    2029,  ["exp_year"]),         # expired last year
     (VISA,                       12,    31,    ["exp_year"]),         # two-digit year
     (VISA,                       True,  2031,  ["exp_month"]),
-    ("4111111111111112",         13,    2029,  ["pan", "exp_month", "exp_year"]),
+    ("4111111111111112",         13,    2029,  ["card_number", "exp_month", "exp_year"]),
 ])
 async def test_invalid_cards_are_refused_without_echoing_the_pan(
         db: SqliteTestDatabase, pan: str, exp_month: int, exp_year: int, fields: list[str]) -> None:
