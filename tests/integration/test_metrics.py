@@ -10,14 +10,20 @@ import asyncio
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dualflow.core.ledger.model import Account, AccountCode, Transfer
+from dualflow.core.payments.accounts import Party, account_id, holding_account
+from dualflow.core.payments.model import Asset
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import ledger_pb2 as pb
 from dualflow.v1 import ledger_pb2_grpc
+from dualflow.v1 import payments_pb2 as ppb
+from dualflow.v1 import payments_pb2_grpc
 
 SERVICE = "dualflow.v1.Ledger"
 Labels = frozenset[tuple[str, str]]
@@ -150,3 +156,64 @@ async def test_metrics_endpoint_reports_calls_commits_results_and_expiry(platfor
         ]
         (wallet,) = (await stub.LookupAccounts(pb.LookupAccountsRequest(ids=[2]))).accounts
         assert wallet.debits_pending == 0
+
+
+async def test_payment_metrics_move_with_payments(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "dualflow.toml"
+    config.write_text('[[merchants]]\nid = "m"\nname = "M"\ncurrencies = ["CNY"]\nfee_bps = 0\n')
+    p = Platform(ServerConfig(listen="127.0.0.1:0", db=db_url, metrics_port=0, grace_s=1, expiry_interval_s=0,
+                              config_path=str(config), channel="scripted"))
+    p.payments.poll_initial_s = 0.01
+    await p.start()
+    try:
+        assert p.metrics_port
+        wallet = holding_account(Party("user", "u"), Asset.WALLET, "CNY")
+        source = account_id("metrics-test-source")
+        await p.ledger.create_accounts([wallet, Account(id=source, currency="CNY", code=AccountCode.EQUITY)])
+        await p.ledger.create_transfers([Transfer(id=7, debit_account_id=source, credit_account_id=wallet.id,
+                                                  amount=100, currency="CNY", code=1)])
+        before = await scrape(p.metrics_port)
+        total = "dualflow_payments_total"
+        ok = dict(asset="WALLET", status="SUCCEEDED", reason="")
+        broke = dict(asset="WALLET", status="FAILED", reason="INSUFFICIENT_FUNDS")
+        bank_ok = dict(asset="BANK_TRANSFER", status="SUCCEEDED", reason="")
+        moved = dict(from_status="PROCESSING", to_status="SUCCEEDED")
+        async with grpc.aio.insecure_channel(p.address) as channel:
+            stub = payments_pb2_grpc.PaymentGatewayStub(channel)
+
+            def req(rid: str, amount: int, asset: int = ppb.ASSET_WALLET, **kw: object) -> ppb.CreatePaymentRequest:
+                return ppb.CreatePaymentRequest(request_id=rid, merchant_id="m", payer="user:u", amount=amount,
+                                                currency="CNY", asset=asset, **kw)  # type: ignore[arg-type]
+
+            assert (await stub.CreatePayment(req("1", 60))).status == ppb.PAYMENT_STATUS_SUCCEEDED
+            assert (await stub.CreatePayment(req("2", 60))).status == ppb.PAYMENT_STATUS_FAILED
+            await stub.CreatePayment(req("1", 60))  # a replay
+            bank = await stub.CreatePayment(req("3", 500, ppb.ASSET_BANK_TRANSFER, method=ppb.PaymentMethod(
+                bank_account=ppb.BankAccountRef(bank_code="B", account_last4="1234", holder_name="U"))))
+            async for _ in stub.WatchPayment(ppb.WatchPaymentRequest(payment_id=bank.payment_id)):
+                pass
+            for _ in range(2):
+                await stub.GetBalance(ppb.GetBalanceRequest(user_id="u", asset=ppb.ASSET_WALLET, currency="CNY"))
+        deadline = time.monotonic() + 5
+        while True:
+            after = await scrape(p.metrics_port)
+            if after.has("dualflow_outbox_lag_seconds", consumer="webhooks") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert after.get(total, **ok) - before.get(total, **ok) == 1
+        assert after.get(total, **broke) - before.get(total, **broke) == 1
+        assert after.get(total, **bank_ok) - before.get(total, **bank_ok) == 1
+        replayed = dict(kind="payment", result="replayed")
+        assert after.get("dualflow_payment_requests_replayed_total", **replayed) - \
+            before.get("dualflow_payment_requests_replayed_total", **replayed) == 1
+        seconds = "dualflow_payment_transition_seconds_count"
+        assert after.get(seconds, **moved) - before.get(seconds, **moved) == 1
+        assert after.get("dualflow_outbox_head_sequence") > 0
+        assert after.has("dualflow_outbox_lag_seconds", consumer="webhooks")
+        cache = "dualflow_balance_cache_total"
+        assert after.get(cache, result="miss") - before.get(cache, result="miss") >= 1
+        assert after.get(cache, result="hit") - before.get(cache, result="hit") >= 1
+        assert "4111" not in after.text and "user:u" not in after.text and '"m"' not in after.text
+    finally:
+        await p.stop()
+
