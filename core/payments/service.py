@@ -93,6 +93,7 @@ class PaymentService:
         balance_cache_ttl_s: float = 2.0,
         outbox_poll_interval_s: float = 0.2,
         outbox_retention_s: int = 7 * 24 * 3600,
+        channel_concurrency: int = 256,
         maintenance_interval_s: float = 60.0,
     ) -> None:
         self.ledger = ledger
@@ -114,6 +115,9 @@ class PaymentService:
         self._driving: set[str] = set()
         self._stopping = False
         self.outbox_retention_ns = outbox_retention_s * NS
+        # Calls to channels in flight at once: a burst of card payments queues here
+        # (still CREATED or PROCESSING, durable) instead of opening unbounded connections.
+        self._channel_slots = asyncio.Semaphore(channel_concurrency)
         self.maintenance_interval_s = maintenance_interval_s
 
     # ---- lifecycle
@@ -458,8 +462,9 @@ class PaymentService:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
         # cancellation that races the inner call's completion, and then stop()
         # would wait forever on a poll loop that never learned it was cancelled.
-        async with asyncio.timeout(self.submit_timeout_s):
-            answer: ChannelAnswer = await call
+        async with self._channel_slots:
+            async with asyncio.timeout(self.submit_timeout_s):
+                answer: ChannelAnswer = await call
         return answer
 
     def _instruction(self, payment: Payment) -> Instruction:

@@ -25,7 +25,10 @@ TOPUP = Account(id=account_id("test:topup"), currency="CNY", code=AccountCode.EQ
 async def payment_service(db_url: str, channel: ScriptedChannel | None = None, **kw: Any) -> AsyncIterator[
         PaymentService]:
     clock = kw.pop("clock_ns", None)
-    ledger = LedgerService(store_from_url(db_url), expiry_interval_s=0, **({"clock_ns": clock} if clock else {}))
+    ledger_kw: dict[str, Any] = kw.pop("ledger_kw", {})
+    if clock:
+        ledger_kw["clock_ns"] = clock
+    ledger = LedgerService(store_from_url(db_url), expiry_interval_s=0, **ledger_kw)
     await ledger.start()
     service = PaymentService(ledger, MERCHANTS, dispatcher=channel, poll_initial_s=0.01,
                              poll_max_interval_s=0.05, **kw)

@@ -229,3 +229,32 @@ async def test_top_up_own_wallet_by_bank_and_no_fee_when_failed(db_url: str) -> 
         assert (await service.get_payment(declined.payment_id)).fee == 0
         broke = await service.create_payment(pay("t4", 10_000))
         assert broke.status is PaymentStatus.FAILED and broke.fee == 0
+
+
+async def test_balance_cache_is_invalidated_by_payments(db_url: str) -> None:
+    async with payment_service(db_url, balance_cache_ttl_s=60) as service:
+        await fund(service, "alice", Asset.WALLET, 1_000)
+        assert await wallet(service, "alice") == 1_000
+        await service.create_payment(pay("c1", 300))
+        assert await wallet(service, "alice") == 700, "a payment invalidates the payer's cached balance"
+        await service.refund_payment("cr1", (await service.list_payments("shop"))[0][0].payment_id, 100)
+        assert await wallet(service, "alice") == 800, "a refund invalidates it too"
+        # A change that bypasses the payment gateway (a raw ledger transfer) is seen after the TTL only.
+        await fund(service, "alice", Asset.WALLET, 5)
+        assert await wallet(service, "alice") == 800
+
+
+async def test_overload_is_refused_fast_and_changes_nothing(db_url: str) -> None:
+    from dualflow.core.errors import Overloaded
+
+    async with payment_service(db_url, ledger_kw={"writer_queue_items_max": 64}) as service:
+        await fund(service, "alice", Asset.WALLET, 1_000_000)
+        outcomes = await asyncio.gather(*(service.create_payment(pay(f"o{i}", 1)) for i in range(40)),
+                                        return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, Overloaded)]
+        paid = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert refused and paid and len(refused) + len(paid) == 40
+        assert all(o.retry_after_ms > 0 for o in refused)
+        listed, _ = await service.list_payments("shop", page_size=1000)
+        assert len(listed) == len(paid)
+        assert await wallet(service, "alice") == 1_000_000 - len(paid)
