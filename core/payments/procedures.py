@@ -224,6 +224,7 @@ class MovePayment(_Procedure):
     channel_reference: str = ""
     source: str = ""  # who asks: dispatch, poll, callback, cancel, statement
     only_from: frozenset[PaymentStatus] | None = None  # refuse unless the payment is in one of these
+    note: str = ""  # a person's words (a cancel reason): kept in metadata["status_note"]
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -245,6 +246,8 @@ class MovePayment(_Procedure):
         if self.target in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
             changes["failure_reason"] = self.reason or self.target.name
             changes["fee"] = 0  # nothing was charged
+        if self.note:
+            changes["metadata"] = {**payment.metadata, "status_note": self.note}
         moved = payment.moved(self.target, ctx.now_ns, **changes)
         hold_id = transfer_id(payment.payment_id, "hold")
         touched: list[int] = []

@@ -188,9 +188,11 @@ class PaymentService:
         return payment
 
     async def cancel_payment(self, payment_id: str, reason: str = "") -> Payment:
+        if len(reason) > TEXT_MAX:
+            raise _violation("reason", f"must be at most {TEXT_MAX} characters")
         outcome: Outcome = await self.ledger.run(MovePayment(
             payment_id, PaymentStatus.CANCELED, reason="CANCELED_BY_MERCHANT", source="cancel",
-            only_from=frozenset({PaymentStatus.CREATED})))
+            only_from=frozenset({PaymentStatus.CREATED}), note=reason))
         if outcome.kind == "refused" and outcome.payment is None:
             raise NotFound(f"no payment {payment_id!r}", reason="PAYMENT_NOT_FOUND")
         assert outcome.payment is not None

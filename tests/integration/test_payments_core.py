@@ -180,8 +180,9 @@ async def test_cancel_only_before_dispatch(db_url: str) -> None:
         service._stopping = True  # keep the dispatcher from picking the next payment up
         p = await service.create_payment(pay("x1", 500, Asset.BANK_TRANSFER, bank_account=BANK))
         service._stopping = False
-        canceled = await service.cancel_payment(p.payment_id)
-        assert canceled.status is PaymentStatus.CANCELED
+        canceled = await service.cancel_payment(p.payment_id, "customer changed their mind")
+        assert canceled.status is PaymentStatus.CANCELED and canceled.fee == 0
+        assert canceled.metadata["status_note"] == "customer changed their mind"
         [acct] = await service.ledger.lookup_accounts([holding_account(Party("merchant", "shop"), Asset.WALLET,
                                                                          "CNY").id])
         assert acct.credits_pending == 0
