@@ -86,10 +86,25 @@ class CallerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    request_key_window_s: int = 24 * 3600  # how long a request_id is remembered
+    outbox_retention_s: int = 7 * 24 * 3600  # how long events stay readable by SubscribeEvents
+    balance_cache_ttl_s: int = 2  # bound on staleness for changes made around the gateway
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    max_attempts: int = 8  # then the delivery is a dead letter
+    timeout_s: int = 5  # per POST
+
+
+@dataclass(frozen=True, slots=True)
 class PlatformConfig:
     vault: VaultConfig | None = None
     merchants: tuple[MerchantConfig, ...] = ()
     callers: tuple[CallerConfig, ...] = ()
+    payments: PaymentsConfig = PaymentsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,7 +151,7 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     """Validate an already-parsed TOML document (what load_config does after reading the file)."""
-    _known_keys(data, "", {"vault", "merchants", "callers"})
+    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks"})
     vault = _vault(data["vault"], "vault") if "vault" in data else None
     merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
     seen: dict[str, int] = {}
@@ -146,7 +161,22 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
         seen[m.id] = i
     callers = tuple(_caller(c, f"callers[{i}]", seen) for i, c in enumerate(_array(data, "callers", "")))
     _unique_callers(callers)
-    return PlatformConfig(vault=vault, merchants=merchants, callers=callers)
+    payments = PaymentsConfig(**_positive_ints(data.get("payments", {}), "payments", PaymentsConfig()))
+    webhooks = WebhooksConfig(**_positive_ints(data.get("webhooks", {}), "webhooks", WebhooksConfig()))
+    return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks)
+
+
+def _positive_ints(value: Any, at: str, defaults: Any) -> dict[str, int]:
+    """A table of positive integer settings, each one a field of `defaults`' dataclass."""
+    table = _table(value, at)
+    _known_keys(table, at, set(defaults.__dataclass_fields__))
+    out = {}
+    for key, v in table.items():
+        number = _integer(v, f"{at}.{key}")
+        if number < 1:
+            raise ConfigError(f"{at}.{key}", f"{number} must be at least 1")
+        out[key] = number
+    return out
 
 
 # ------------------------------------------------------------------ sections

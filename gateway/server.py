@@ -108,11 +108,17 @@ class Platform:
 
             dispatcher = ScriptedChannel()
         merchants = {m.id: Merchant(m.id, m.name, frozenset(m.currencies), m.fee_bps) for m in self.settings.merchants}
-        self.payments = PaymentService(self.ledger, merchants, dispatcher=dispatcher, cards=self.vault)
+        limits = self.settings.payments
+        self.payments = PaymentService(
+            self.ledger, merchants, dispatcher=dispatcher, cards=self.vault,
+            key_window_s=limits.request_key_window_s, outbox_retention_s=limits.outbox_retention_s,
+            balance_cache_ttl_s=limits.balance_cache_ttl_s)
         # Notifications read the outbox and never sit on the payment path: a dead
         # endpoint delays only its own deliveries.
         self.webhooks = WebhookRegistry(self.ledger)
-        self.webhook_dispatcher = WebhookDispatcher(self.ledger, self.payments.feed)
+        self.webhook_dispatcher = WebhookDispatcher(self.ledger, self.payments.feed,
+                                                    max_attempts=self.settings.webhooks.max_attempts,
+                                                    timeout_s=self.settings.webhooks.timeout_s)
         self._lag_watch: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0

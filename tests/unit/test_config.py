@@ -440,3 +440,19 @@ def test_current_caller_outside_a_call() -> None:
     with pytest.raises(LookupError):
         current_caller()
     assert auth.PERMISSIONS == PERMISSIONS
+
+
+def test_payment_and_webhook_limits(tmp_path: Path) -> None:
+    assert PlatformConfig().payments.request_key_window_s == 86400
+    assert PlatformConfig().webhooks.max_attempts == 8
+    config = load_config(write(tmp_path, "[payments]\nrequest_key_window_s = 60\n[webhooks]\nmax_attempts = 3\n"))
+    assert config.payments.request_key_window_s == 60 and config.payments.outbox_retention_s == 604800
+    assert config.webhooks.max_attempts == 3
+    for text, path in (("[payments]\nrequest_key_window_s = 0\n", "payments.request_key_window_s"),
+                       ("[webhooks]\nmax_tries = 3\n", "webhooks.max_tries"),
+                       ('[webhooks]\ntimeout_s = "5"\n', "webhooks.timeout_s")):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, text))
+        assert caught.value.key_path == path
+    example = load_config(EXAMPLE)
+    assert example.payments.request_key_window_s == 86400 and example.webhooks.timeout_s == 5
