@@ -1,0 +1,232 @@
+"""The channel adapter contract: what every bank or PSP adapter implements.
+
+An adapter turns a channel-neutral instruction into one channel's wire protocol
+and back: signing, encryption, framing, verification, and mapping every answer
+to an Outcome with our reason code. Adapters hold no payment state (the payment
+gateway persists everything); they may hold connections, nonce caches and
+certificates.
+
+Outcomes are data, never exceptions. The rule that keeps customers from being
+charged twice: only an explicit success or an explicit decline is final. A
+timeout, a connection lost after the request was written, a garbled or
+unverifiable reply is UNKNOWN; an answer code the adapter does not know is
+PENDING. NOT_SUBMITTED is reserved for what provably never left this process
+(connection refused before writing, local validation), and is the only outcome
+after which another channel may be tried.
+
+Adapters plug in through the entry-point group `dualflow.adapters`: each entry
+point names a factory `(ChannelConfig) -> ChannelAdapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from dualflow.core.payments.model import Asset, BankAccount
+
+ENTRY_POINT_GROUP = "dualflow.adapters"
+
+
+class Outcome(Enum):
+    SUCCEEDED = "SUCCEEDED"  # final: the money moved
+    FAILED = "FAILED"  # final: an explicit decline; `reason` says why
+    PENDING = "PENDING"  # accepted, not final (or an answer code we do not know)
+    UNKNOWN = "UNKNOWN"  # maybe sent, no trustworthy answer: query, never resend
+    NOT_SUBMITTED = "NOT_SUBMITTED"  # provably never left: safe to try elsewhere
+
+    @property
+    def final(self) -> bool:
+        return self in (Outcome.SUCCEEDED, Outcome.FAILED)
+
+
+class Flow(Enum):
+    PAY = "pay"
+    QUERY = "query"
+    REFUND = "refund"
+    REVERSE = "reverse"
+    CALLBACK = "callback"
+    STATEMENT = "statement"
+
+
+class FlowNotSupported(Exception):
+    """This channel's protocol has no such flow (e.g. reversal over a PSP API)."""
+
+    def __init__(self, channel: str, flow: Flow) -> None:
+        super().__init__(f"channel {channel!r} does not support {flow.value}")
+        self.channel = channel
+        self.flow = flow
+
+
+class CallbackRejected(Exception):
+    """A callback that must not be trusted: bad signature, stale timestamp, replayed nonce,
+    undecryptable or malformed. The message says which, never the payload."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # BAD_SIGNATURE, STALE, REPLAYED, UNDECRYPTABLE, MALFORMED, UNKNOWN_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelResult:
+    outcome: Outcome
+    reason: str = ""  # our code, UPPER_SNAKE_CASE: CARD_DECLINED, INSUFFICIENT_FUNDS, TIMEOUT, BAD_MAC...
+    channel_code: str = ""  # the channel's own code as received ("05", "PAYERROR")
+    channel_reference: str = ""  # the channel's id for the transaction (RRN, transaction_id)
+    fee: int = 0  # what the channel charged, minor units, when it says
+
+
+@dataclass(frozen=True, slots=True)
+class CardData:
+    """A card as only the card adapter sees it, revealed from the vault at send time."""
+
+    pan: str = field(repr=False)
+    exp_month: int
+    exp_year: int
+
+    def __repr__(self) -> str:
+        return f"CardData(pan={self.pan[:6]}******{self.pan[-4:]}, exp={self.exp_month:02d}/{self.exp_year})"
+
+
+@dataclass(frozen=True, slots=True)
+class PayInstruction:
+    """Move `amount` from the payer to us. `instruction_id` is unique per attempt on a
+    channel and is what the channel deduplicates on; `payment_id` is ours, for its records."""
+
+    instruction_id: str
+    payment_id: str
+    merchant_id: str
+    asset: Asset
+    amount: int
+    currency: str
+    card: CardData | None = None
+    bank_account: BankAccount | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RefundInstruction:
+    instruction_id: str  # the refund's own
+    refund_id: str
+    payment_id: str
+    original_instruction_id: str
+    original_reference: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    instruction_id: str
+    channel_reference: str = ""
+    kind: str = "pay"  # "pay" | "refund" | "reverse"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackEvent:
+    """A verified, decrypted notification: which instruction, and what became of it."""
+
+    instruction_id: str
+    result: ChannelResult
+    kind: str = "pay"  # "pay" | "refund"
+    notification_id: str = ""  # the channel's id for this notification (duplicates repeat it)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One line of a channel's statement for a business day: what the channel really did."""
+
+    business_date: str  # YYYY-MM-DD
+    instruction_id: str
+    channel_reference: str
+    kind: str  # "pay" | "refund" | "reverse"
+    amount: int
+    currency: str
+    status: Outcome  # SUCCEEDED or FAILED as the channel booked it
+    fee: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    """Fee per transaction: fixed minor units plus basis points, rounded half up."""
+
+    fixed: int = 0
+    bps: int = 0
+
+    def fee_for(self, amount: int) -> int:
+        return self.fixed + (amount * self.bps + 5_000) // 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    channel: str
+    assets: frozenset[Asset]
+    currencies: frozenset[str]
+    flows: frozenset[Flow]
+    min_amount: int = 1
+    max_amount: int = 2**63 - 1
+    bin_ranges: tuple[tuple[str, str], ...] = ()  # inclusive (low, high) prefixes; empty: any card
+    fees: Mapping[str, FeeSchedule] = field(default_factory=dict)  # by currency
+
+    def accepts(self, asset: Asset, currency: str, amount: int, bin6: str = "") -> bool:
+        if asset not in self.assets or currency not in self.currencies:
+            return False
+        if not self.min_amount <= amount <= self.max_amount:
+            return False
+        if bin6 and self.bin_ranges:
+            return any(low <= bin6[: len(low)] <= high for low, high in self.bin_ranges)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """One channel's configuration: where it is, its keys (read from files), its terms."""
+
+    name: str
+    kind: str  # the entry point that builds the adapter: "iso8583", "psp", "transfer", ...
+    settings: Mapping[str, Any] = field(default_factory=dict)  # kind-specific: host, port, url, ids
+    key_files: Mapping[str, Path] = field(default_factory=dict, repr=False)  # name -> file holding the key
+
+    def read_key(self, name: str) -> bytes:
+        """A key's bytes from its file (never from the repository or the config text)."""
+        path = self.key_files.get(name)
+        if path is None:
+            raise KeyError(f"channel {self.name!r} has no key file {name!r} configured")
+        return Path(path).read_bytes().strip()
+
+
+@runtime_checkable
+class ChannelAdapter(Protocol):
+    name: str
+
+    def describe(self) -> Capabilities: ...
+
+    async def start(self) -> None:
+        """Open connections, sign on; idempotent."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, instruction: PayInstruction) -> ChannelResult: ...
+
+    async def query(self, request: QueryRequest) -> ChannelResult: ...
+
+    async def refund(self, instruction: RefundInstruction) -> ChannelResult: ...
+
+    async def reverse(self, request: QueryRequest, amount: int, currency: str) -> ChannelResult:
+        """Undo an authorization whose outcome stayed unknown (card networks: 0400)."""
+        ...
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
+        """Verify, decrypt and map an asynchronous notification; raise CallbackRejected if untrusted."""
+        ...
+
+    def callback_response(self, accepted: bool) -> tuple[int, bytes, Mapping[str, str]]:
+        """What the channel expects back for a callback (status, body, headers): it retries
+        until it sees the acknowledgement, so a rejected callback must not be acknowledged."""
+        ...
+
+    def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]: ...
