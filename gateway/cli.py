@@ -35,6 +35,18 @@ def _demo(args: argparse.Namespace) -> int:
     return main()
 
 
+MOCK_BANKS = ("iso8583", "psp", "transfer")
+
+
+def _mock_bank(args: argparse.Namespace) -> int:
+    import importlib
+
+    # Each mock is its own program with its own options; it imports nothing of the
+    # platform's codecs, so it can catch their bugs.
+    module = importlib.import_module(f"dualflow.mock_banks.{args.kind}.server")
+    return int(module.main(args.mock_args) or 0)
+
+
 def _bench(args: argparse.Namespace) -> int:
     runner = args.bench_run
     return int(runner(args) or 0)
@@ -64,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a short day of the platform on a temporary SQLite database")
     demo.set_defaults(run=_demo)
+
+    mock = sub.add_parser("mock-bank", help="run a mock bank or PSP server (loopback; see mock_banks/launcher.py)",
+                          add_help=False)
+    mock.add_argument("kind", choices=MOCK_BANKS)
+    mock.add_argument("mock_args", nargs=argparse.REMAINDER, help="the mock's own options (--help for them)")
+    mock.set_defaults(run=_mock_bank)
 
     bench = sub.add_parser("bench", help="benchmarks with baselines measured in the same run")
     areas = bench.add_subparsers(dest="area", required=True)
