@@ -225,7 +225,7 @@ async def run_demo(console: Console | None = None) -> int:
         db, config = Path(tmp) / "dualflow.db", Path(tmp) / "dualflow.toml"
         shop_key, office_key = generate_api_key(), generate_api_key()
         write_config(config, shop_key, office_key)
-        bank = ScriptedChannel(sandbox_bank, name="sandbox-bank")
+        bank = ScriptedChannel(sandbox_bank, names=("sandbox-bank",))
         platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), config_path=str(config),
                                          channel="scripted", grace_s=2), dispatcher=bank)
         await platform.start()

@@ -43,3 +43,14 @@ OUTBOX_LAG_SECONDS = Gauge(
     ["consumer"],
 )
 BALANCE_CACHE = Counter("dualflow_balance_cache_total", "GetBalance answers by cache result.", ["result"])
+POLLS = Counter("dualflow_payment_polls_total", "Queries sent to channels for payments and refunds not yet final.")
+POLL_WINDOWS_CLOSED = Counter(
+    "dualflow_payment_poll_windows_closed_total",
+    "Payments or refunds left to reconciliation: no final answer within the polling window.",
+    ["kind"],
+)
+REVERSALS = Counter(
+    "dualflow_payment_reversals_total",
+    "Reversals of authorizations that stayed UNKNOWN: sent, reversed, refused.",
+    ["result"],
+)

@@ -122,6 +122,12 @@ class Payment:
     bank_account: BankAccount | None = None
     channel: str = ""
     channel_reference: str = ""
+    attempt: int = 1  # which submission to a channel; a new one only after NOT_SUBMITTED
+
+    @property
+    def instruction_id(self) -> str:
+        """What the channel deduplicates on: unique per attempt."""
+        return f"{self.payment_id}.{self.attempt}"
 
     def moved(self, status: PaymentStatus, now_ns: int, **changes: object) -> Payment:
         return replace(self, status=status, updated_at_ns=now_ns, version=self.version + 1, **changes)  # type: ignore[arg-type]

@@ -121,6 +121,19 @@ def _status_event(status: PaymentStatus) -> str:
     return f"payment.{status.name.lower()}"
 
 
+def hold_leg(attempt: int) -> str:
+    """The ledger leg name of an external payment's hold; one per channel attempt."""
+    return "hold" if attempt == 1 else f"hold.{attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class PollTiming:
+    """When a payment that is not final is first asked about, and for how long."""
+
+    first_ns: int = 500_000_000
+    window_ns: int = 3600 * 1_000_000_000
+
+
 @dataclass(slots=True)
 class CreatePayment(_Procedure):
     """A new payment order: internal assets settle now, external ones are held and await a channel."""
@@ -195,7 +208,7 @@ class CreatePayment(_Procedure):
         receivable = receivable_account(payment.channel, cur)
         dst = holding_account(payee, payment.asset, cur)
         opened = yield from _open(ctx, [receivable, dst, fee_account(cur)])
-        hold = Transfer(id=transfer_id(payment.payment_id, "hold"), debit_account_id=receivable.id,
+        hold = Transfer(id=transfer_id(payment.payment_id, hold_leg(payment.attempt)), debit_account_id=receivable.id,
                         credit_account_id=dst.id, amount=payment.amount, currency=cur, code=CODE_HOLD,
                         flags=TransferFlags.PENDING)
         results = (yield from ctx.create_transfers([hold])) if opened else []
@@ -225,6 +238,7 @@ class MovePayment(_Procedure):
     source: str = ""  # who asks: dispatch, poll, callback, cancel, statement
     only_from: frozenset[PaymentStatus] | None = None  # refuse unless the payment is in one of these
     note: str = ""  # a person's words (a cancel reason): kept in metadata["status_note"]
+    polls: PollTiming = PollTiming()
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -249,11 +263,11 @@ class MovePayment(_Procedure):
         if self.note:
             changes["metadata"] = {**payment.metadata, "status_note": self.note}
         moved = payment.moved(self.target, ctx.now_ns, **changes)
-        hold_id = transfer_id(payment.payment_id, "hold")
+        hold_id = transfer_id(payment.payment_id, hold_leg(payment.attempt))
         touched: list[int] = []
         if self.target is PaymentStatus.SUCCEEDED:
             dst = holding_account(parse_party(payment.payee), payment.asset, payment.currency)  # type: ignore[arg-type]
-            legs = [Transfer(id=transfer_id(payment.payment_id, "post"), pending_id=hold_id,
+            legs = [Transfer(id=transfer_id(payment.payment_id, f"post.{payment.attempt}"), pending_id=hold_id,
                              flags=TransferFlags.POST_PENDING)]
             if payment.fee:
                 legs[0].flags |= TransferFlags.LINKED
@@ -264,9 +278,15 @@ class MovePayment(_Procedure):
             assert all(r in _SETTLED for r in results), f"posting a hold failed: {results}"
         elif self.target in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
             results = yield from ctx.create_transfers([Transfer(
-                id=transfer_id(payment.payment_id, "void"), pending_id=hold_id, flags=TransferFlags.VOID_PENDING)])
+                id=transfer_id(payment.payment_id, f"void.{payment.attempt}"), pending_id=hold_id,
+                flags=TransferFlags.VOID_PENDING)])
             assert results[0] in _SETTLED, f"voiding a hold failed: {results}"
         yield from _save_payment(ctx, moved, _status_event(self.target))
+        if self.target.final:
+            yield from ctx.execute(records.UNSCHEDULE_POLL, (payment.payment_id,))
+        else:  # PROCESSING or UNKNOWN: polled until final; a restart keeps the original window
+            yield from ctx.execute(records.SCHEDULE_POLL, (payment.payment_id, "pay", ctx.now_ns + self.polls.first_ns,
+                                                           ctx.now_ns + self.polls.window_ns))
         if self.target is PaymentStatus.SUCCEEDED:
             touched = yield from _balance_events(ctx, moved.merchant_id, moved, (moved.payee,))
         return Outcome("moved", payment=moved, touched_accounts=touched)
@@ -288,6 +308,39 @@ class MovePayment(_Procedure):
 
 
 @dataclass(slots=True)
+class ReroutePayment(_Procedure):
+    """Move a PROCESSING payment whose submission provably never left (NOT_SUBMITTED) to
+    another channel: void the old channel's hold, hold on the new one, next attempt."""
+
+    payment_id: str
+    from_channel: str
+    to_channel: str
+    max_items: int = _EXTENSION_ITEMS
+
+    def steps(self, ctx: Context) -> _Gen:
+        payment = yield from _load_payment(ctx, self.payment_id)
+        if payment is None or payment.status is not PaymentStatus.PROCESSING or payment.channel != self.from_channel:
+            return Outcome("refused", payment=payment, reason="PAYMENT_STATE_CONFLICT")
+        old_hold = transfer_id(payment.payment_id, hold_leg(payment.attempt))
+        moved = payment.moved(PaymentStatus.PROCESSING, ctx.now_ns, channel=self.to_channel,
+                              attempt=payment.attempt + 1, channel_reference="")
+        receivable = receivable_account(self.to_channel, payment.currency)
+        opened = yield from _open(ctx, [receivable])
+        assert opened, "a receivable account is misconfigured"
+        payee = holding_account(parse_party(payment.payee), payment.asset, payment.currency)  # type: ignore[arg-type]
+        results = yield from ctx.create_transfers([
+            Transfer(id=transfer_id(payment.payment_id, f"void.{payment.attempt}"), pending_id=old_hold,
+                     flags=TransferFlags.VOID_PENDING | TransferFlags.LINKED),
+            Transfer(id=transfer_id(payment.payment_id, hold_leg(moved.attempt)), debit_account_id=receivable.id,
+                     credit_account_id=payee.id, amount=payment.amount, currency=payment.currency, code=CODE_HOLD,
+                     flags=TransferFlags.PENDING),
+        ])
+        assert all(r in _SETTLED for r in results), f"moving a hold failed: {results}"
+        yield from _save_payment(ctx, moved, "payment.rerouted")
+        return Outcome("moved", payment=moved)
+
+
+@dataclass(slots=True)
 class RefundPayment(_Procedure):
     """A full or partial refund. Internal assets: the merchant pays the payer back now.
     External assets: the merchant's side is held until the channel confirms the refund."""
@@ -299,6 +352,7 @@ class RefundPayment(_Procedure):
     fingerprint: str
     refund_id: str
     key_window_ns: int
+    polls: PollTiming = PollTiming()
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -348,6 +402,9 @@ class RefundPayment(_Procedure):
         yield from ctx.execute(records.UPSERT_REFUND, records.refund_params(refund))
         yield from _emit(ctx, f"refund.{refund.status.name.lower()}", refund.merchant_id, refund.refund_id,
                          records.refund_to_dict(refund))
+        if refund.status is RefundStatus.PROCESSING:
+            yield from ctx.execute(records.SCHEDULE_POLL, (refund.refund_id, "refund", ctx.now_ns + self.polls.first_ns,
+                                                           ctx.now_ns + self.polls.window_ns))
         if refund.status is RefundStatus.SUCCEEDED:
             touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer,))
         yield from ctx.execute(records.UPSERT_KEY, (scope, self.request_id, self.fingerprint, refund.refund_id,
@@ -362,6 +419,7 @@ class MoveRefund(_Procedure):
     refund_id: str
     target: RefundStatus
     reason: str = ""
+    polls: PollTiming = PollTiming()
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -393,4 +451,9 @@ class MoveRefund(_Procedure):
         yield from ctx.execute(records.UPSERT_REFUND, records.refund_params(refund))
         yield from _emit(ctx, f"refund.{self.target.name.lower()}", refund.merchant_id, refund.refund_id,
                          records.refund_to_dict(refund))
+        if self.target in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+            yield from ctx.execute(records.UNSCHEDULE_POLL, (refund.refund_id,))
+        else:
+            yield from ctx.execute(records.SCHEDULE_POLL, (refund.refund_id, "refund", ctx.now_ns + self.polls.first_ns,
+                                                           ctx.now_ns + self.polls.window_ns))
         return Outcome("moved", payment=payment, refund=refund)

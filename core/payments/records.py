@@ -69,7 +69,23 @@ PAYMENT_SCHEMA: Final[list[str]] = [
         payload TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_by_subject ON outbox (subject_id, seq)",
+    # The polling schedule for external payments and refunds whose answer is not final:
+    # in the database, so a restart neither forgets a payment nor resets its window.
+    """CREATE TABLE IF NOT EXISTS channel_polls (
+        object_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        next_at_ns BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        window_ends_ns BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS channel_polls_due ON channel_polls (next_at_ns)",
 ]
+
+SCHEDULE_POLL = (
+    "INSERT INTO channel_polls (object_id, kind, next_at_ns, attempts, window_ends_ns) VALUES (?, ?, ?, 0, ?) "
+    "ON CONFLICT (object_id) DO NOTHING"
+)
+UNSCHEDULE_POLL = "DELETE FROM channel_polls WHERE object_id = ?"
 
 
 def _dumps(obj: dict[str, Any]) -> str:

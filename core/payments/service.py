@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from tenacity import RetryCallState, wait_exponential_jitter
+
 from dualflow.core.errors import AlreadyExists, FieldViolation, InvalidRequest, NotFound, PreconditionFailed
 from dualflow.core.ledger.service import LedgerService
 from dualflow.core.money import CURRENCIES
@@ -42,7 +44,15 @@ from .model import (
     RefundStatus,
 )
 from .outbox import OutboxFeed
-from .procedures import CreatePayment, MovePayment, MoveRefund, Outcome, RefundPayment
+from .procedures import (
+    CreatePayment,
+    MovePayment,
+    MoveRefund,
+    Outcome,
+    PollTiming,
+    RefundPayment,
+    ReroutePayment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +98,8 @@ class PaymentService:
         submit_timeout_s: float = 10.0,
         poll_initial_s: float = 0.5,
         poll_max_interval_s: float = 30.0,
-        poll_give_up_s: float = 3600.0,
+        poll_window_s: float = 3600.0,
+        poll_tick_s: float = 0.2,
         balance_cache_size: int = 100_000,
         balance_cache_ttl_s: float = 2.0,
         outbox_poll_interval_s: float = 0.2,
@@ -104,9 +115,13 @@ class PaymentService:
         self.clock_ns = ledger.clock_ns
         self.key_window_ns = key_window_s * NS
         self.submit_timeout_s = submit_timeout_s
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_interval_s = poll_max_interval_s
-        self.poll_give_up_s = poll_give_up_s
+        # Polling: first ask after poll_initial_s, then exponential backoff with jitter
+        # (tenacity's wait strategy) up to poll_max_interval_s, within poll_window_s.
+        self.polls = PollTiming(first_ns=int(poll_initial_s * NS), window_ns=int(poll_window_s * NS))
+        self.poll_tick_s = poll_tick_s
+        self._backoff = wait_exponential_jitter(multiplier=poll_initial_s, max=poll_max_interval_s,
+                                                jitter=poll_initial_s)
+        self._backoff_state = RetryCallState(None, None, (), {})
         self.feed = OutboxFeed(ledger, poll_interval_s=outbox_poll_interval_s)
         self._cache: OrderedDict[int, tuple[float, Balance]] = OrderedDict()
         self._cache_size = balance_cache_size
@@ -126,11 +141,14 @@ class PaymentService:
         await self.feed.refresh_head()
         if self.dispatcher is not None:
             await self._resume_open_payments()
+            if self.poll_tick_s > 0:
+                self._spawn(self._poll_forever(), "poller")
         if self.maintenance_interval_s > 0:
             self._spawn(self._maintain_forever(), "maintenance")
 
     async def stop(self) -> None:
-        """Stop driving payments; whatever is open is picked up again by the next start()."""
+        """Stop driving payments; the CREATED ones and the polling schedule are picked up
+        again by the next start()."""
         self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -138,17 +156,25 @@ class PaymentService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _resume_open_payments(self) -> None:
+        """CREATED payments were never sent: send them. Open ones that lost their poll row
+        (written by an older version) get one back; the rest is the poller's."""
         rows = await self.ledger.query(
             "SELECT body FROM payments WHERE status IN (?, ?, ?) ORDER BY created_at_ns",
             (int(PaymentStatus.CREATED), int(PaymentStatus.PROCESSING), int(PaymentStatus.UNKNOWN)))
+        now = self.clock_ns()
+        schedule = []
         for (body,) in rows:
-            self._drive(records.payment_from_body(body))
-        rows = await self.ledger.query("SELECT body FROM refunds WHERE status IN (?, ?)",
-                                       (int(RefundStatus.PROCESSING), int(RefundStatus.UNKNOWN)))
-        for (body,) in rows:
+            payment = records.payment_from_body(body)
+            if payment.status is PaymentStatus.CREATED:
+                self._drive(payment)
+            else:
+                schedule.append((records.SCHEDULE_POLL, (payment.payment_id, "pay", now, now + self.polls.window_ns)))
+        for (body,) in await self.ledger.query("SELECT body FROM refunds WHERE status IN (?, ?)",
+                                               (int(RefundStatus.PROCESSING), int(RefundStatus.UNKNOWN))):
             refund = records.refund_from_body(body)
-            payment = await self.get_payment(refund.payment_id)
-            self._spawn(self._drive_refund(payment, refund, resumed=True), refund.refund_id)
+            schedule.append((records.SCHEDULE_POLL, (refund.refund_id, "refund", now, now + self.polls.window_ns)))
+        if schedule:
+            await self.ledger.write(schedule)
 
     # ---- commands
     async def create_payment(self, request: PaymentRequest) -> Payment:
@@ -161,7 +187,13 @@ class PaymentService:
             if self.dispatcher is None:
                 raise PreconditionFailed(f"no financial gateway is configured for {request.asset.name}",
                                          reason="CHANNEL_UNAVAILABLE")
-            channel = self.dispatcher.channel_for(request.asset, request.currency)
+            choices = self.dispatcher.channels_for(request.asset, request.currency, request.amount,
+                                                   card.bin if card else "")
+            if not choices:
+                raise PreconditionFailed(
+                    f"no channel carries {request.asset.name} payments of this amount in {request.currency}",
+                    reason="NO_CHANNEL", metadata={"asset": request.asset.name, "currency": request.currency})
+            channel = choices[0]
         payee = parse_party(request.payee)
         fee = 0
         if payee is not None and payee.kind == "merchant" and request.asset is not Asset.POINTS:
@@ -190,9 +222,8 @@ class PaymentService:
     async def cancel_payment(self, payment_id: str, reason: str = "") -> Payment:
         if len(reason) > TEXT_MAX:
             raise _violation("reason", f"must be at most {TEXT_MAX} characters")
-        outcome: Outcome = await self.ledger.run(MovePayment(
-            payment_id, PaymentStatus.CANCELED, reason="CANCELED_BY_MERCHANT", source="cancel",
-            only_from=frozenset({PaymentStatus.CREATED}), note=reason))
+        outcome = await self._move(payment_id, PaymentStatus.CANCELED, reason="CANCELED_BY_MERCHANT",
+                                   source="cancel", only_from=frozenset({PaymentStatus.CREATED}), note=reason)
         if outcome.kind == "refused" and outcome.payment is None:
             raise NotFound(f"no payment {payment_id!r}", reason="PAYMENT_NOT_FOUND")
         assert outcome.payment is not None
@@ -213,7 +244,7 @@ class PaymentService:
         outcome: Outcome = await self.ledger.run(RefundPayment(
             request_id=request_id, payment_id=payment_id, amount=amount, reason=reason,
             fingerprint=fingerprint([payment_id, amount, reason]), refund_id=_new_id("rfd"),
-            key_window_ns=self.key_window_ns))
+            key_window_ns=self.key_window_ns, polls=self.polls))
         if outcome.reason == "PAYMENT_NOT_FOUND":
             raise NotFound(f"no payment {payment_id!r}", reason="PAYMENT_NOT_FOUND")
         if outcome.kind == "reused":
@@ -239,8 +270,9 @@ class PaymentService:
         self._after_commit(outcome)
         refund = outcome.refund
         metrics.REFUNDS.labels(payment.asset.name, refund.status.name, refund.failure_reason).inc()
-        if refund.status is RefundStatus.PROCESSING:
-            self._spawn(self._drive_refund(payment, refund, resumed=False), refund.refund_id)
+        if refund.status is RefundStatus.PROCESSING and not self._stopping:
+            self._driving.add(refund.refund_id)
+            self._spawn(self._guarded(refund.refund_id, self._submit_refund(payment, refund)), refund.refund_id)
         return refund
 
     async def apply_channel_answer(self, payment_id: str, answer: ChannelAnswer, source: str = "callback") -> Payment:
@@ -254,9 +286,8 @@ class PaymentService:
         if target is None:  # PENDING: still processing, nothing to record
             return await self.get_payment(payment_id)
         before = await self.get_payment(payment_id)
-        outcome: Outcome = await self.ledger.run(MovePayment(
-            payment_id, target, reason=answer.reason or target.name, channel_reference=answer.channel_reference,
-            source=source))
+        outcome = await self._move(payment_id, target, reason=answer.reason or target.name,
+                                   channel_reference=answer.channel_reference, source=source)
         if outcome.kind == "refused" and outcome.payment is None:
             raise NotFound(f"no payment {payment_id!r}", reason="PAYMENT_NOT_FOUND")
         if outcome.kind == "discrepancy":
@@ -443,22 +474,24 @@ class PaymentService:
         task.add_done_callback(self._tasks.discard)
 
     def _drive(self, payment: Payment) -> None:
-        if payment.payment_id in self._driving or self.dispatcher is None:
+        if payment.payment_id in self._driving or self.dispatcher is None or self._stopping:
             return
         self._driving.add(payment.payment_id)
-        self._spawn(self._drive_payment(payment), payment.payment_id)
+        self._spawn(self._guarded(payment.payment_id, self._submit_payment(payment)), payment.payment_id)
 
-    async def _drive_payment(self, payment: Payment) -> None:
+    async def _guarded(self, object_id: str, steps: Any) -> None:
+        """Run one piece of channel work; a failure leaves the object open (its poll row or
+        CREATED state brings it back), never half-done."""
         metrics.OPEN_EXTERNAL.inc()
         try:
-            await self._drive_payment_steps(payment)
+            await steps
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the payment stays open and is resumed at the next start
-            log.exception("driving payment %s failed; it stays %s", payment.payment_id, payment.status.name)
+        except Exception:  # noqa: BLE001
+            log.exception("channel work for %s failed; it stays open and is retried", object_id)
         finally:
             metrics.OPEN_EXTERNAL.dec()
-            self._driving.discard(payment.payment_id)
+            self._driving.discard(object_id)
 
     async def _ask(self, call: Any) -> ChannelAnswer:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
@@ -469,97 +502,205 @@ class PaymentService:
                 answer: ChannelAnswer = await call
         return answer
 
-    def _instruction(self, payment: Payment) -> Instruction:
-        return Instruction(
-            instruction_id=payment.payment_id, kind="pay", merchant_id=payment.merchant_id, asset=payment.asset,
-            amount=payment.amount, currency=payment.currency, channel=payment.channel,
-            card_token=payment.card.token if payment.card else "", bank_account=payment.bank_account,
-            channel_reference=payment.channel_reference)
-
-    async def _drive_payment_steps(self, payment: Payment) -> None:
-        assert self.dispatcher is not None
-        if payment.status is PaymentStatus.CREATED:
-            # Durable PROCESSING before the instruction leaves: after a crash, CREATED
-            # means "never sent" and PROCESSING means "maybe sent, only ask".
-            outcome: Outcome = await self.ledger.run(MovePayment(
-                payment.payment_id, PaymentStatus.PROCESSING, source="dispatch",
-                only_from=frozenset({PaymentStatus.CREATED})))
-            if outcome.kind != "moved":
-                return  # canceled in the meantime
-            self._after_commit(outcome, previous=PaymentStatus.CREATED, since_ns=payment.updated_at_ns)
-            assert outcome.payment is not None
-            payment = outcome.payment
-            try:
-                answer = await self._ask(self.dispatcher.submit(self._instruction(payment)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - it may have left: unknown, not failed
-                answer = ChannelAnswer(ChannelOutcome.UNKNOWN, f"SUBMIT_{type(exc).__name__.upper()}")
-            payment = await self.apply_channel_answer(payment.payment_id, answer, source="submit")
-        await self._poll_until_final(payment)
-
-    async def _poll_until_final(self, payment: Payment) -> None:
-        assert self.dispatcher is not None
-        delay = self.poll_initial_s
-        give_up_at = time.monotonic() + self.poll_give_up_s
-        while not payment.status.final and time.monotonic() < give_up_at and not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.poll_max_interval_s)
-            try:
-                answer = await self._ask(self.dispatcher.query(self._instruction(payment)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed poll tells us nothing; ask again later
-                log.info("polling %s failed (%s); will ask again", payment.payment_id, type(exc).__name__)
-                continue
-            payment = await self.apply_channel_answer(payment.payment_id, answer, source="poll")
-        if not payment.status.final:
-            log.warning("payment %s still %s after polling for %.0f s; reconciliation resolves it",
-                        payment.payment_id, payment.status.name, self.poll_give_up_s)
-
-    async def _drive_refund(self, payment: Payment, refund: Refund, *, resumed: bool) -> None:
-        assert self.dispatcher is not None
-        instruction = Instruction(
-            instruction_id=refund.refund_id, kind="refund", merchant_id=refund.merchant_id, asset=payment.asset,
-            amount=refund.amount, currency=refund.currency, channel=payment.channel,
-            original_id=payment.payment_id, channel_reference=payment.channel_reference)
+    async def _send(self, call: Any) -> ChannelAnswer:
+        """Submit once: any failure after the call started may have left the process."""
         try:
-            if resumed:
-                answer = await self.dispatcher.query(instruction)
-            else:
-                try:
-                    answer = await self._ask(self.dispatcher.submit(instruction))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    answer = ChannelAnswer(ChannelOutcome.UNKNOWN, f"SUBMIT_{type(exc).__name__.upper()}")
-            delay = self.poll_initial_s
-            give_up_at = time.monotonic() + self.poll_give_up_s
-            while True:
-                target = {ChannelOutcome.SUCCEEDED: RefundStatus.SUCCEEDED, ChannelOutcome.FAILED: RefundStatus.FAILED,
-                          ChannelOutcome.UNKNOWN: RefundStatus.UNKNOWN}.get(answer.outcome)
-                if target is not None:
-                    outcome: Outcome = await self.ledger.run(MoveRefund(refund.refund_id, target, answer.reason))
-                    if outcome.kind == "moved":
-                        self._after_commit(outcome)
-                        assert outcome.refund is not None
-                        metrics.REFUNDS.labels(payment.asset.name, target.name, outcome.refund.failure_reason).inc()
-                    if target in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
-                        return
-                if time.monotonic() >= give_up_at:
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.poll_max_interval_s)
-                try:
-                    answer = await self._ask(self.dispatcher.query(instruction))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - ask again later
-                    answer = ChannelAnswer(ChannelOutcome.PENDING)
+            return await self._ask(call)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
-            log.exception("driving refund %s failed; resumed at the next start", refund.refund_id)
+        except Exception as exc:  # noqa: BLE001 - it may have left: unknown, not failed
+            return ChannelAnswer(ChannelOutcome.UNKNOWN, f"SUBMIT_{type(exc).__name__.upper()}")
+
+    def _instruction(self, payment: Payment, kind: str = "pay") -> Instruction:
+        if kind == "reverse":
+            return Instruction(
+                instruction_id=f"{payment.instruction_id}.rev", object_id=payment.payment_id, kind="reverse",
+                merchant_id=payment.merchant_id, asset=payment.asset, amount=payment.amount,
+                currency=payment.currency, channel=payment.channel, original_instruction_id=payment.instruction_id,
+                channel_reference=payment.channel_reference)
+        return Instruction(
+            instruction_id=payment.instruction_id, object_id=payment.payment_id, kind="pay",
+            merchant_id=payment.merchant_id, asset=payment.asset, amount=payment.amount, currency=payment.currency,
+            channel=payment.channel, card_token=payment.card.token if payment.card else "",
+            bank_account=payment.bank_account, channel_reference=payment.channel_reference,
+            description=payment.description)
+
+    def _refund_instruction(self, payment: Payment, refund: Refund) -> Instruction:
+        return Instruction(
+            instruction_id=f"{refund.refund_id}.1", object_id=refund.refund_id, kind="refund",
+            merchant_id=refund.merchant_id, asset=payment.asset, amount=refund.amount, currency=refund.currency,
+            channel=payment.channel, original_instruction_id=payment.instruction_id,
+            channel_reference=payment.channel_reference)
+
+    async def _move(self, payment_id: str, target: PaymentStatus, **kw: Any) -> Outcome:
+        outcome: Outcome = await self.ledger.run(MovePayment(payment_id, target, polls=self.polls, **kw))
+        return outcome
+
+    async def _submit_payment(self, payment: Payment) -> None:
+        """CREATED -> PROCESSING (durably, before anything leaves) -> submit -> apply the answer.
+
+        After a crash, CREATED means "never sent" and PROCESSING means "maybe sent, only
+        ask". Only a NOT_SUBMITTED answer (provably never left) moves the payment to the
+        next eligible channel; with none left it fails, which is safe for the same reason.
+        """
+        assert self.dispatcher is not None
+        outcome = await self._move(payment.payment_id, PaymentStatus.PROCESSING, source="dispatch",
+                                   only_from=frozenset({PaymentStatus.CREATED}))
+        if outcome.kind != "moved":
+            return  # canceled in the meantime, or another process took it
+        self._after_commit(outcome, previous=PaymentStatus.CREATED, since_ns=payment.updated_at_ns)
+        assert outcome.payment is not None
+        payment = outcome.payment
+        tried = {payment.channel}
+        while True:
+            answer = await self._send(self.dispatcher.submit(self._instruction(payment)))
+            if answer.outcome is not ChannelOutcome.NOT_SUBMITTED:
+                break
+            metrics.CHANNEL_ANSWERS.labels("submit", answer.outcome.value).inc()
+            choices = [c for c in self.dispatcher.channels_for(
+                payment.asset, payment.currency, payment.amount, payment.card.bin if payment.card else "")
+                if c not in tried]
+            if not choices:
+                answer = ChannelAnswer(ChannelOutcome.FAILED, answer.reason or "CHANNEL_UNAVAILABLE")
+                break
+            rerouted: Outcome = await self.ledger.run(ReroutePayment(payment.payment_id, payment.channel, choices[0]))
+            if rerouted.kind != "moved":
+                return
+            self._after_commit(rerouted)
+            assert rerouted.payment is not None
+            payment = rerouted.payment
+            tried.add(payment.channel)
+            log.info("payment %s never reached its channel; rerouted to %s", payment.payment_id, payment.channel)
+        await self.apply_channel_answer(payment.payment_id, answer, source="submit")
+
+    async def _submit_refund(self, payment: Payment, refund: Refund) -> None:
+        assert self.dispatcher is not None
+        answer = await self._send(self.dispatcher.submit(self._refund_instruction(payment, refund)))
+        if answer.outcome is ChannelOutcome.NOT_SUBMITTED:
+            answer = ChannelAnswer(ChannelOutcome.FAILED, answer.reason or "CHANNEL_UNAVAILABLE")
+        await self.apply_refund_answer(refund.refund_id, answer, source="submit")
+
+    async def apply_refund_answer(self, refund_id: str, answer: ChannelAnswer, source: str = "callback") -> None:
+        """Apply a channel's answer about an external refund (submit, poll or a verified callback)."""
+        metrics.CHANNEL_ANSWERS.labels(source, answer.outcome.value).inc()
+        target = {ChannelOutcome.SUCCEEDED: RefundStatus.SUCCEEDED, ChannelOutcome.FAILED: RefundStatus.FAILED,
+                  ChannelOutcome.UNKNOWN: RefundStatus.UNKNOWN}.get(answer.outcome)
+        if target is None:
+            return
+        outcome: Outcome = await self.ledger.run(MoveRefund(refund_id, target, answer.reason, polls=self.polls))
+        if outcome.kind == "refused":
+            raise NotFound(f"no refund {refund_id!r}", reason="REFUND_NOT_FOUND")
+        if outcome.kind == "moved":
+            self._after_commit(outcome)
+            assert outcome.refund is not None and outcome.payment is not None
+            metrics.REFUNDS.labels(outcome.payment.asset.name, target.name, outcome.refund.failure_reason).inc()
+        elif outcome.kind == "discrepancy":
+            metrics.DISCREPANCIES.inc()
+            log.warning("refund %s: %s answered %s after it became final", refund_id, source, target.name)
+
+    # ---- the polling schedule (channel_polls): durable, so a restart resumes it
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the poller must outlive a bad moment
+                log.exception("polling channels failed; retrying")
+            await asyncio.sleep(self.poll_tick_s)
+
+    async def poll_due(self) -> int:
+        """Start a query for every scheduled object that is due; returns how many started."""
+        rows = await self.ledger.query(
+            "SELECT object_id, kind, attempts, window_ends_ns FROM channel_polls WHERE next_at_ns <= ? "
+            "ORDER BY next_at_ns LIMIT 200", (self.clock_ns(),))
+        started = 0
+        for object_id, kind, attempts, window_ends_ns in rows:
+            if object_id in self._driving or self._stopping:
+                continue
+            self._driving.add(object_id)
+            self._spawn(self._guarded(object_id, self._poll_one(object_id, kind, int(attempts), int(window_ends_ns))),
+                        object_id)
+            started += 1
+        return started
+
+    async def _reschedule(self, object_id: str, attempts: int) -> None:
+        self._backoff_state.attempt_number = attempts
+        delay_ns = int(self._backoff(self._backoff_state) * NS)
+        await self.ledger.write([("UPDATE channel_polls SET next_at_ns = ?, attempts = ? WHERE object_id = ?",
+                                  (self.clock_ns() + delay_ns, attempts, object_id))])
+
+    async def _poll_one(self, object_id: str, kind: str, attempts: int, window_ends_ns: int) -> None:
+        assert self.dispatcher is not None
+        if kind == "refund":
+            refund_rows = await self.ledger.query(records.SELECT_REFUND, (object_id,))
+            if not refund_rows:
+                await self.ledger.write([(records.UNSCHEDULE_POLL, (object_id,))])
+                return
+            refund = records.refund_from_body(refund_rows[0][0])
+            payment = await self.get_payment(refund.payment_id)
+            instruction = self._refund_instruction(payment, refund)
+        else:
+            payment = await self.get_payment(object_id)
+            instruction = self._instruction(payment, "reverse" if kind == "reverse" else "pay")
+            if payment.status.final:
+                await self.ledger.write([(records.UNSCHEDULE_POLL, (object_id,))])
+                return
+        if self.clock_ns() >= window_ends_ns:
+            await self._window_closed(object_id, kind, payment)
+            return
+        metrics.POLLS.inc()
+        try:
+            answer = await self._ask(self.dispatcher.query(instruction))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed poll tells us nothing; ask again later
+            log.info("polling %s failed (%s); will ask again", object_id, type(exc).__name__)
+            answer = ChannelAnswer(ChannelOutcome.PENDING)
+        if kind == "refund":
+            await self.apply_refund_answer(object_id, answer, source="poll")
+            final = answer.outcome in (ChannelOutcome.SUCCEEDED, ChannelOutcome.FAILED)
+        elif kind == "reverse":
+            final = await self._apply_reversal(payment, answer)
+        else:
+            final = (await self.apply_channel_answer(object_id, answer, source="poll")).status.final
+        if not final:
+            await self._reschedule(object_id, attempts + 1)
+
+    async def _window_closed(self, object_id: str, kind: str, payment: Payment) -> None:
+        """Polling gave no final answer in time. A card authorization still UNKNOWN is
+        reversed where the channel can (and the reversal is polled with the same care);
+        anything else stays as it is until reconciliation settles it."""
+        assert self.dispatcher is not None
+        if kind == "pay" and payment.status is PaymentStatus.UNKNOWN \
+                and self.dispatcher.supports_reversal(payment.channel):
+            metrics.REVERSALS.labels("sent").inc()
+            answer = await self._send(self.dispatcher.reverse(self._instruction(payment, "reverse")))
+            if not await self._apply_reversal(payment, answer):
+                now = self.clock_ns()
+                await self.ledger.write([(
+                    "UPDATE channel_polls SET kind = 'reverse', attempts = 0, next_at_ns = ?, window_ends_ns = ? "
+                    "WHERE object_id = ?", (now + self.polls.first_ns, now + self.polls.window_ns, object_id))])
+            return
+        log.warning("%s %s: no final answer within the polling window; reconciliation settles it", kind, object_id)
+        metrics.POLL_WINDOWS_CLOSED.labels(kind).inc()
+        await self.ledger.write([(records.UNSCHEDULE_POLL, (object_id,))])
+
+    async def _apply_reversal(self, payment: Payment, answer: ChannelAnswer) -> bool:
+        """True when the reversal is settled either way (no more polling)."""
+        if answer.outcome is ChannelOutcome.SUCCEEDED:
+            metrics.REVERSALS.labels("reversed").inc()
+            await self.apply_channel_answer(payment.payment_id, ChannelAnswer(
+                ChannelOutcome.FAILED, "REVERSED_AFTER_UNKNOWN", answer.channel_reference), source="reversal")
+            return True
+        if answer.outcome is ChannelOutcome.FAILED:
+            # The bank refused to reverse: the original may well have happened. Only the
+            # statement can tell now; the payment stays UNKNOWN for reconciliation.
+            metrics.REVERSALS.labels("refused").inc()
+            log.warning("reversal of %s refused (%s); reconciliation settles it", payment.payment_id, answer.reason)
+            await self.ledger.write([(records.UNSCHEDULE_POLL, (payment.payment_id,))])
+            return True
+        return False
 
 
 def _new_id(prefix: str) -> str:

@@ -30,8 +30,8 @@ async def payment_service(db_url: str, channel: ScriptedChannel | None = None, *
         ledger_kw["clock_ns"] = clock
     ledger = LedgerService(store_from_url(db_url), expiry_interval_s=0, **ledger_kw)
     await ledger.start()
-    service = PaymentService(ledger, MERCHANTS, dispatcher=channel, poll_initial_s=0.01,
-                             poll_max_interval_s=0.05, **kw)
+    timing = {"poll_initial_s": 0.01, "poll_max_interval_s": 0.05, "poll_tick_s": 0.01}
+    service = PaymentService(ledger, MERCHANTS, dispatcher=channel, **{**timing, **kw})
     await service.start()
     try:
         yield service

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dualflow.core.ledger.model import Account, AccountCode, Transfer
 from dualflow.core.payments.accounts import Party, account_id, holding_account
 from dualflow.core.payments.model import Asset
+from dualflow.core.payments.procedures import PollTiming
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import ledger_pb2 as pb
 from dualflow.v1 import ledger_pb2_grpc
@@ -163,7 +164,8 @@ async def test_payment_metrics_move_with_payments(db_url: str, tmp_path: Path) -
     config.write_text('[[merchants]]\nid = "m"\nname = "M"\ncurrencies = ["CNY"]\nfee_bps = 0\n')
     p = Platform(ServerConfig(listen="127.0.0.1:0", db=db_url, metrics_port=0, grace_s=1, expiry_interval_s=0,
                               config_path=str(config), channel="scripted"))
-    p.payments.poll_initial_s = 0.01
+    p.payments.polls = PollTiming(first_ns=10_000_000, window_ns=3600 * 10**9)
+    p.payments.poll_tick_s = 0.01
     await p.start()
     try:
         assert p.metrics_port

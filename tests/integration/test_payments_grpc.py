@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 
 from dualflow.adapters.scripted import PENDING, SUCCEEDED, Plan, ScriptedChannel, failed
 from dualflow.core.payments.model import Asset
+from dualflow.core.payments.procedures import PollTiming
 from dualflow.gateway.config import hash_api_key
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import payments_pb2 as pb
@@ -102,7 +103,8 @@ async def running(db_url: str, tmp_path: Path) -> AsyncIterator[Running]:
     channel = ScriptedChannel(_script)
     platform = Platform(ServerConfig(listen="127.0.0.1:0", db=db_url, config_path=str(config_file),
                                      expiry_interval_s=0), dispatcher=channel)
-    platform.payments.poll_initial_s = 0.01
+    platform.payments.polls = PollTiming(first_ns=10_000_000, window_ns=3600 * 10**9)
+    platform.payments.poll_tick_s = 0.01
     await platform.start()
     grpc_channel = grpc.aio.insecure_channel(platform.address)
     try:
