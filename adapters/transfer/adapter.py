@@ -1,0 +1,362 @@
+"""TransferAdapter: the transfer rail's flows over signed HTTP JSON (aiohttp).
+
+It holds an HTTP connection pool, the key ring and two nonce caches (replies, callbacks), and
+no payment state. Every request is signed; every reply is verified before a byte of it is
+believed. What happened on the network decides between NOT_SUBMITTED (the connection never
+opened) and UNKNOWN (anything after that without a verified answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from dualflow.adapters import metrics
+from dualflow.adapters.contract import (
+    CallbackEvent,
+    CallbackRejected,
+    Capabilities,
+    ChannelResult,
+    Flow,
+    FlowNotSupported,
+    Outcome,
+    PayInstruction,
+    QueryRequest,
+    RefundInstruction,
+    StatementLine,
+)
+from dualflow.core.payments.model import Asset, BankAccount
+
+from .config import TransferSettings
+from .signing import NonceCache, SignatureError
+from .transformers import (
+    DIRECTION_BY_KIND,
+    REQUEST_ERROR_REASONS,
+    WireAccount,
+    WireError,
+    callback_event,
+    load_json,
+    outcome_of,
+    parse_error,
+    parse_notification,
+    parse_statement,
+    parse_transfer,
+    return_request,
+    transfer_request,
+    valid_date,
+    valid_id,
+)
+
+log = logging.getLogger(__name__)
+
+# A verified reply that fails the checks below is not believed either.
+_UNVERIFIED = {"BAD_SIGNATURE": "BAD_SIGNATURE", "MALFORMED": "BAD_SIGNATURE", "UNKNOWN_KEY": "UNKNOWN_KEY",
+               "STALE": "STALE_REPLY", "REPLAYED": "REPLAYED_REPLY"}
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutInstruction:
+    """Pay `amount` from our pool account at this bank to a beneficiary's account. A credit needs
+    the beneficiary's full account number: `beneficiary_number`, or the channel's `accounts`
+    directory by bank code and last four digits; without either it is NOT_SUBMITTED."""
+
+    instruction_id: str
+    payout_id: str  # ours, for the bank's records (like PayInstruction.payment_id)
+    merchant_id: str
+    amount: int
+    currency: str
+    beneficiary: BankAccount
+    beneficiary_number: str = ""
+    description: str = ""
+
+    def __repr__(self) -> str:
+        return (f"PayoutInstruction(instruction_id={self.instruction_id!r}, payout_id={self.payout_id!r}, "
+                f"amount={self.amount}, currency={self.currency!r})")
+
+
+class StatementUnavailable(Exception):
+    """The statement could not be fetched or trusted; `reason` says why (retry later)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+
+
+class TransferAdapter:
+    def __init__(self, name: str, settings: TransferSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._reply_nonces = NonceCache(settings.window_s)
+        self._callback_nonces = NonceCache(settings.window_s)
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_ms / 1000,
+                                              sock_connect=settings.connect_timeout_ms / 1000)
+        self._statement_timeout = aiohttp.ClientTimeout(total=settings.statement_timeout_ms / 1000,
+                                                        sock_connect=settings.connect_timeout_ms / 1000)
+
+    def __repr__(self) -> str:
+        return f"TransferAdapter(name={self.name!r}, base_url={self.settings.base_url!r})"
+
+    # ---- lifecycle
+    def describe(self) -> Capabilities:
+        s = self.settings
+        return Capabilities(channel=self.name, assets=frozenset({Asset.BANK_TRANSFER}), currencies=s.currencies,
+                            flows=frozenset({Flow.PAY, Flow.QUERY, Flow.REFUND, Flow.CALLBACK, Flow.STATEMENT}),
+                            min_amount=s.min_amount, max_amount=s.max_amount, fees=dict(s.fees))
+
+    async def start(self) -> None:
+        self._client()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=10)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    # ---- money flows
+    async def submit(self, instruction: PayInstruction) -> ChannelResult:
+        """Collect from the payer's account (named by PayInstruction.bank_account) into our pool."""
+        started = time.perf_counter()
+        problem = self._check_amount(instruction.amount, instruction.currency, instruction.instruction_id,
+                                     instruction.payment_id)
+        if not problem and instruction.bank_account is None:
+            problem = ("MISSING_BANK_ACCOUNT", "a bank transfer needs the payer's bank account")
+        if problem:
+            return self._done("pay", started, _not_submitted(*problem))
+        assert instruction.bank_account is not None
+        debtor = self._counterparty(instruction.bank_account, "")
+        if debtor.problem():
+            return self._done("pay", started, _not_submitted("INVALID_ACCOUNT", debtor.problem()))
+        body = transfer_request(instruction_id=instruction.instruction_id, direction="collect",
+                                amount=instruction.amount, currency=instruction.currency, debtor=debtor,
+                                creditor=self.settings.pool, reference=instruction.payment_id,
+                                description=instruction.description, callback_url=self.settings.callback_url)
+        result = await self._post_transfer("pay", "/transfers", body, instruction.instruction_id,
+                                           instruction.amount, instruction.currency, "collect")
+        return self._done("pay", started, result)
+
+    async def payout(self, instruction: PayoutInstruction) -> ChannelResult:
+        """Pay out from our pool to a beneficiary: the same outcomes as submit."""
+        started = time.perf_counter()
+        problem = self._check_amount(instruction.amount, instruction.currency, instruction.instruction_id,
+                                     instruction.payout_id)
+        if problem:
+            return self._done("payout", started, _not_submitted(*problem))
+        creditor = self._counterparty(instruction.beneficiary, instruction.beneficiary_number)
+        if not creditor.number:
+            return self._done("payout", started, _not_submitted(
+                "BENEFICIARY_NUMBER_UNKNOWN", "a payout needs the beneficiary's full account number"))
+        if creditor.problem():
+            return self._done("payout", started, _not_submitted("INVALID_ACCOUNT", creditor.problem()))
+        body = transfer_request(instruction_id=instruction.instruction_id, direction="payout",
+                                amount=instruction.amount, currency=instruction.currency, debtor=self.settings.pool,
+                                creditor=creditor, reference=instruction.payout_id,
+                                description=instruction.description, callback_url=self.settings.callback_url)
+        result = await self._post_transfer("payout", "/transfers", body, instruction.instruction_id,
+                                           instruction.amount, instruction.currency, "payout")
+        return self._done("payout", started, result)
+
+    async def refund(self, instruction: RefundInstruction) -> ChannelResult:
+        """A return payment of (part of) a settled collection, back to the account it came from."""
+        started = time.perf_counter()
+        problem = self._check_amount(instruction.amount, instruction.currency, instruction.instruction_id,
+                                     instruction.refund_id, instruction.original_instruction_id)
+        if problem:
+            return self._done("refund", started, _not_submitted(*problem))
+        body = return_request(return_id=instruction.instruction_id, amount=instruction.amount,
+                              currency=instruction.currency, reference=instruction.refund_id,
+                              callback_url=self.settings.callback_url)
+        path = f"/transfers/{_segment(instruction.original_instruction_id)}/return"
+        result = await self._post_transfer("refund", path, body, instruction.instruction_id, instruction.amount,
+                                           instruction.currency, "return")
+        return self._done("refund", started, result)
+
+    async def reverse(self, request: QueryRequest, amount: int, currency: str) -> ChannelResult:
+        raise FlowNotSupported(self.name, Flow.REVERSE)
+
+    async def query(self, request: QueryRequest) -> ChannelResult:
+        """The bank's state of one instruction (pay, payout or refund) by our instruction id."""
+        started = time.perf_counter()
+        if request.kind == "reverse":
+            raise FlowNotSupported(self.name, Flow.REVERSE)
+        direction = DIRECTION_BY_KIND[request.kind]  # a kind we do not know is a programmer error
+        if not valid_id(request.instruction_id):
+            return self._done("query", started, ChannelResult(Outcome.UNKNOWN, "INVALID_INSTRUCTION_ID"))
+        path = f"/transfers/{_segment(request.instruction_id)}"
+        reply = await self._exchange("GET", path, b"", self._timeout)
+        if isinstance(reply, ChannelResult):
+            result = reply
+        elif reply.status == 200:
+            result = self._transfer_reply(reply.body, request.instruction_id, None, None, direction)
+        elif reply.status == 404:
+            # The bank has no record of it (yet): a submission may still be on its way.
+            result = ChannelResult(Outcome.UNKNOWN, "NOT_FOUND", self._error_code(reply.body))
+        else:
+            result = ChannelResult(Outcome.UNKNOWN, "BANK_ERROR", self._error_code(reply.body) or str(reply.status))
+        metrics.POLLS.labels(self.name, result.outcome.value).inc()
+        return self._done("query", started, result)
+
+    # ---- statements and callbacks
+    async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
+        """The bank's CSV statement of one business day (UTC), every final transfer once."""
+        started = time.perf_counter()
+        if not valid_date(business_date):
+            raise ValueError("business_date must be YYYY-MM-DD")
+        reply = await self._exchange("GET", f"/statements/{_segment(business_date)}", b"", self._statement_timeout)
+        try:
+            if isinstance(reply, ChannelResult):
+                raise StatementUnavailable(reply.reason, f"statement {business_date}: {reply.reason}")
+            if reply.status != 200:
+                code = self._error_code(reply.body) or str(reply.status)
+                raise StatementUnavailable("BANK_ERROR", f"statement {business_date}: the bank answered {code}")
+            try:
+                lines = list(parse_statement(reply.body.decode("utf-8"), business_date))
+            except (UnicodeDecodeError, WireError) as exc:
+                raise StatementUnavailable("GARBLED_STATEMENT", f"statement {business_date}: {exc}") from None
+        except StatementUnavailable:
+            self._observe("statement", started, Outcome.UNKNOWN)
+            raise
+        self._observe("statement", started, Outcome.SUCCEEDED)
+        for line in lines:
+            yield line
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
+        try:
+            self.settings.keys.verify("POST", self.settings.callback_path, headers, body, now=time.time(),
+                                      nonces=self._callback_nonces, window_s=self.settings.window_s)
+            event = callback_event(parse_notification(load_json(body)))
+        except SignatureError as exc:
+            metrics.CALLBACKS.labels(self.name, exc.reason).inc()
+            raise CallbackRejected(exc.reason, f"callback rejected: {exc}") from None
+        except WireError as exc:
+            metrics.CALLBACKS.labels(self.name, "MALFORMED").inc()
+            raise CallbackRejected("MALFORMED", f"callback rejected: {exc}") from None
+        metrics.CALLBACKS.labels(self.name, "ACCEPTED").inc()
+        return event
+
+    def callback_response(self, accepted: bool) -> tuple[int, bytes, Mapping[str, str]]:
+        # The bank redelivers until it sees a 2xx; a rejected callback must not get one.
+        if accepted:
+            return 200, b'{"received":true}', {"Content-Type": "application/json"}
+        return 401, b'{"received":false}', {"Content-Type": "application/json"}
+
+    # ---- plumbing
+    def _check_amount(self, amount: int, currency: str, *ids: str) -> tuple[str, str] | None:
+        s = self.settings
+        if not all(valid_id(i) for i in ids):
+            return "INVALID_REQUEST", "ids must be 1..64 of A-Z a-z 0-9 _ . - (not starting with a dot)"
+        if currency not in s.currencies:
+            return "UNSUPPORTED_CURRENCY", f"channel {self.name!r} does not move {currency}"
+        if isinstance(amount, bool) or not isinstance(amount, int) or not s.min_amount <= amount <= s.max_amount:
+            return "AMOUNT_OUT_OF_RANGE", f"amount outside {s.min_amount}..{s.max_amount}"
+        return None
+
+    def _counterparty(self, account: BankAccount, number: str) -> WireAccount:
+        number = number or self.settings.accounts.get(f"{account.bank_code}:{account.account_last4}", "")
+        return WireAccount(bank_code=account.bank_code, name=account.holder_name, number=number,
+                           last4=account.account_last4)
+
+    async def _post_transfer(self, flow: str, path: str, body: bytes, instruction_id: str, amount: int,
+                             currency: str, direction: str) -> ChannelResult:
+        reply = await self._exchange("POST", path, body, self._timeout)
+        if isinstance(reply, ChannelResult):
+            return reply
+        if reply.status in (200, 201):
+            return self._transfer_reply(reply.body, instruction_id, amount, currency, direction)
+        code = self._error_code(reply.body)
+        if reply.status in (400, 409, 422) and code in REQUEST_ERROR_REASONS:
+            # The bank refused the request itself: nothing was created for this instruction.
+            return ChannelResult(Outcome.FAILED, REQUEST_ERROR_REASONS[code], code)
+        if reply.status == 409:
+            # INSTRUCTION_REUSED: this id exists at the bank with other fields. What became of
+            # that one is not an answer about this request.
+            return ChannelResult(Outcome.UNKNOWN, "INSTRUCTION_CONFLICT", code)
+        return ChannelResult(Outcome.UNKNOWN, "BANK_ERROR", code or str(reply.status))
+
+    def _transfer_reply(self, raw: bytes, instruction_id: str, amount: int | None, currency: str | None,
+                        direction: str) -> ChannelResult:
+        try:
+            transfer = parse_transfer(load_json(raw))
+        except WireError:
+            return ChannelResult(Outcome.UNKNOWN, "GARBLED_REPLY")
+        # A signed answer about some other transfer is no answer about ours.
+        if (transfer.instruction_id != instruction_id or transfer.direction != direction
+                or (amount is not None and transfer.amount != amount)
+                or (currency is not None and transfer.currency != currency)):
+            return ChannelResult(Outcome.UNKNOWN, "REPLY_MISMATCH", transfer.status, transfer.reference)
+        return outcome_of(transfer)
+
+    @staticmethod
+    def _error_code(raw: bytes) -> str:
+        try:
+            return parse_error(load_json(raw))[0]
+        except WireError:
+            return ""
+
+    async def _exchange(self, method: str, path: str, body: bytes,
+                        timeout: aiohttp.ClientTimeout) -> _Reply | ChannelResult:
+        """One signed request and its verified reply, or the outcome its failure implies."""
+        headers = self.settings.keys.sign(method, path, body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        metrics.IN_FLIGHT.labels(self.name).inc()
+        try:
+            async with self._client().request(method, URL(self.settings.base_url + path, encoded=True), data=body or None,
+                                              headers=headers, timeout=timeout, allow_redirects=False) as resp:
+                raw = await resp.read()
+                status, reply_headers = resp.status, {k: v for k, v in resp.headers.items()}
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # The connection never opened: nothing was written.
+            return ChannelResult(Outcome.NOT_SUBMITTED,
+                                 "CONNECT_TIMEOUT" if isinstance(exc, TimeoutError) else "CONNECTION_REFUSED")
+        except TimeoutError:
+            return ChannelResult(Outcome.UNKNOWN, "TIMEOUT")
+        except (aiohttp.ClientError, OSError) as exc:
+            log.info("channel %s: %s %s lost after sending: %s", self.name, method, path, exc.__class__.__name__)
+            return ChannelResult(Outcome.UNKNOWN, "CONNECTION_LOST")
+        finally:
+            metrics.IN_FLIGHT.labels(self.name).dec()
+        try:
+            self.settings.keys.verify(method, path, reply_headers, raw, now=time.time(), nonces=self._reply_nonces,
+                                      window_s=self.settings.window_s)
+        except SignatureError as exc:
+            log.warning("channel %s: unverified reply to %s %s (%s, HTTP %s)", self.name, method, path, exc.reason,
+                        status)
+            return ChannelResult(Outcome.UNKNOWN, _UNVERIFIED[exc.reason], str(status))
+        return _Reply(status, raw)
+
+    def _done(self, flow: str, started: float, result: ChannelResult) -> ChannelResult:
+        self._observe(flow, started, result.outcome)
+        return result
+
+    def _observe(self, flow: str, started: float, outcome: Outcome) -> None:
+        metrics.REQUESTS.labels(self.name, flow, outcome.value).inc()
+        metrics.REQUEST_SECONDS.labels(self.name, flow).observe(time.perf_counter() - started)
+
+
+def _not_submitted(reason: str, message: str) -> ChannelResult:
+    log.debug("not submitted: %s", message)
+    return ChannelResult(Outcome.NOT_SUBMITTED, reason)
+
+
+def _segment(value: str) -> str:
+    # Our ids are [A-Za-z0-9_.:-]; quoting keeps anything else from changing the signed path.
+    return quote(value, safe="")
