@@ -156,7 +156,7 @@ class Platform:
 
     async def _watch_outbox_lag(self) -> None:
         """dualflow_outbox_lag_seconds{consumer="webhooks"}: how far notifications trail the outbox."""
-        while True:
+        while self.server is not None:  # not only cancellation: 3.11 can swallow one in a library
             await asyncio.sleep(1.0)
             try:
                 rows = await self.ledger.query("SELECT MIN(created_at_ns) FROM outbox WHERE seq > ?",

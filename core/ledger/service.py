@@ -80,6 +80,7 @@ class LedgerService:
             store, max_items=writer_max_items, queue_items_max=writer_queue_items_max, clock_ns=clock_ns,
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await self.store.open()
@@ -89,6 +90,7 @@ class LedgerService:
 
     async def stop(self) -> None:
         """Stop the sweeper, flush the writer, close storage."""
+        self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:
@@ -151,7 +153,9 @@ class LedgerService:
                 return total
 
     async def _sweep_forever(self) -> None:
-        while True:
+        # `_stopping` as well as cancellation: 3.11 can swallow a cancellation inside a
+        # library's wait_for, and the sweeper must still end.
+        while not self._stopping:
             try:
                 await self.expire_due()
             except asyncio.CancelledError:

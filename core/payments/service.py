@@ -390,8 +390,11 @@ class PaymentService:
             ("DELETE FROM outbox WHERE created_at_ns < ?", (now - self.outbox_retention_ns,)),
         ])
 
+    # Background loops test `_stopping` as well as being cancelled: on Python 3.11 a
+    # cancellation can be swallowed inside a library's wait_for (psycopg_pool's was seen
+    # doing it), and a loop that only relies on CancelledError then never ends.
     async def _maintain_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.maintenance_interval_s)
             try:
                 await self.prune()
@@ -600,7 +603,7 @@ class PaymentService:
 
     # ---- the polling schedule (channel_polls): durable, so a restart resumes it
     async def _poll_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.poll_due()
             except asyncio.CancelledError:
