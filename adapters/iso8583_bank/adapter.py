@@ -40,7 +40,7 @@ from dualflow.core.payments.model import Asset
 
 from . import transformers
 from .link import Link, LinkSettings, NoAnswer, NotSent
-from .metrics import LATENCY, REQUESTS
+from .metrics import LATENCY, POLLS, REQUESTS, REVERSALS
 from .spec import CURRENCY_NUMERIC, NETWORK, PURCHASE_OR_REFUND, REVERSAL
 
 STATEMENT_HEADER = ["business_date", "instruction_id", "reference", "kind", "amount", "currency", "status", "fee"]
@@ -206,6 +206,10 @@ class Iso8583BankAdapter:
 
     def _done(self, flow: str, result: ChannelResult, started: float) -> ChannelResult:
         REQUESTS.labels(self.name, flow, result.outcome.value).inc()
+        if flow == "reverse":
+            REVERSALS.labels(self.name, result.outcome.value).inc()
+        elif flow == "query":
+            POLLS.labels(self.name, result.outcome.value).inc()
         LATENCY.labels(self.name, flow).observe(time.perf_counter() - started)
         return result
 

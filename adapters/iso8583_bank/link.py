@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from . import codec
 from .metrics import BAD_MACS, CONNECTED, IN_FLIGHT, LATENCY, RECONNECTS, REQUESTS, UNMATCHED
@@ -276,8 +276,8 @@ class Link:
     async def _maintain(self) -> None:
         while not self._closing:
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=self.settings.reconnect_initial_s,
-                                             max=self.settings.reconnect_max_s, jitter=self.settings.reconnect_initial_s),
+                wait=wait_exponential(multiplier=self.settings.reconnect_initial_s, max=self.settings.reconnect_max_s)
+                + wait_random(0, self.settings.reconnect_initial_s),
                 retry=retry_if_exception_type(_LinkDown), sleep=self._backoff_sleep,
                 before_sleep=self._log_attempt, reraise=True)
             async for attempt in retrying:

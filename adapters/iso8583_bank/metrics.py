@@ -1,8 +1,10 @@
-"""Prometheus metrics of a channel, labelled by the channel's configured name; never card data,
-keys or instruction ids in labels (`flow`, `outcome` and `why` are closed sets).
+"""Prometheus metrics of the card channel, labelled by the channel's configured name; never card
+data, keys or instruction ids in labels (`flow`, `outcome` and `why` are closed sets).
 
-The names are shared by every channel adapter (`dualflow_channel_*`), so they are created
-once per process by whichever adapter module loads first and looked up by the others.
+Requests, latency, in-flight, reversals and polls are the metrics every adapter shares
+(`dualflow.adapters.metrics`). The link's own (connected, reconnects, bad MACs, unmatched
+replies) are defined here, looked up instead of created when a module loaded earlier already
+registered the name (prometheus_client refuses a name twice).
 """
 
 from __future__ import annotations
@@ -10,6 +12,13 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from dualflow.adapters.metrics import IN_FLIGHT, POLLS, REQUEST_SECONDS, REQUESTS, REVERSALS
+
+__all__ = ["BAD_MACS", "CONNECTED", "IN_FLIGHT", "LATENCY", "POLLS", "RECONNECTS", "REQUESTS", "REVERSALS",
+           "UNMATCHED"]
+
+LATENCY = REQUEST_SECONDS
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -23,15 +32,6 @@ def _shared(cls: type[M], name: str, documentation: str, labels: list[str], **kw
     return cls(name, documentation, labels, **kwargs)
 
 
-REQUESTS = _shared(Counter, "dualflow_channel_requests_total",
-                   "Requests to a channel by flow (pay, refund, reverse, query, echo, sign_on) and outcome.",
-                   ["channel", "flow", "outcome"])
-LATENCY = _shared(Histogram, "dualflow_channel_request_seconds",
-                  "Time from sending a request to a channel until its answer (or giving up), by flow.",
-                  ["channel", "flow"],
-                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-IN_FLIGHT = _shared(Gauge, "dualflow_channel_in_flight", "Requests written to a channel and not answered yet.",
-                    ["channel"])
 CONNECTED = _shared(Gauge, "dualflow_channel_connected", "1 while the channel's link is up and signed on.",
                     ["channel"])
 RECONNECTS = _shared(Counter, "dualflow_channel_reconnects_total",

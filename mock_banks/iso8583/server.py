@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 
 from aiohttp import web
@@ -183,8 +184,6 @@ def admin_app(server: CardBankServer) -> web.Application:
     async def get_statement(request: web.Request) -> web.Response:
         day = request.query.get("date", "")
         try:
-            from datetime import date
-
             date.fromisoformat(day)
         except ValueError:
             return web.json_response({"error": "date=YYYY-MM-DD required"}, status=400)
