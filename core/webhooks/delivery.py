@@ -416,6 +416,7 @@ class WebhookDispatcher:
         self._endpoint_slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._main: asyncio.Task[None] | None = None
+        self._stopping = False
         self._session: aiohttp.ClientSession | None = None
         self._cursor = 0
         self._main_loads_cursor = True
@@ -434,6 +435,7 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         assert self._main is None, "a dispatcher starts once; make a new one to restart"
+        self._stopping = False
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._concurrency),
             trust_env=False,  # no proxy from the environment between us and merchants
@@ -444,6 +446,7 @@ class WebhookDispatcher:
     async def stop(self) -> None:
         """Stop reading and abandon attempts in flight; their rows stay PENDING and the next
         dispatcher resumes them (a receiver may see a request again: at-least-once)."""
+        self._stopping = True
         tasks = [t for t in (self._main, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -460,7 +463,9 @@ class WebhookDispatcher:
         loop = asyncio.get_running_loop()
         failures = 0
         next_scan = 0.0
-        while True:
+        # A flag as well as cancellation: Python 3.11 can swallow a cancellation inside a
+        # library's wait_for, and the reader must still end when stop() asks.
+        while not self._stopping:
             try:
                 if failures or self._main_loads_cursor:
                     # At start, and after a failure: the stored cursor is the truth.
