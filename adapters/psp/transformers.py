@@ -141,14 +141,20 @@ def amount_matches(tx: Mapping[str, Any], amount: int, currency: str) -> bool:
 def callback_event(notification_id: str, event_type: str, original_type: str,
                    resource: Mapping[str, Any]) -> CallbackEvent:
     """A decrypted resource -> CallbackEvent; raises ValueError when it is not one we know."""
-    if original_type == "transaction" or event_type.startswith("TRANSACTION."):
+    kind = {"transaction": "pay", "refund": "refund"}.get(original_type)
+    said = "pay" if event_type.startswith("TRANSACTION.") else "refund" if event_type.startswith("REFUND.") else None
+    if kind is None:
+        kind = said
+    elif said is not None and said != kind:
+        raise ValueError(f"event type {event_type!r} contradicts resource type {original_type!r}")
+    if kind == "pay":
         out_trade_no = resource.get("out_trade_no")
         if not isinstance(out_trade_no, str) or not TRADE_NO.match(out_trade_no):
             raise ValueError("transaction resource without a valid out_trade_no")
         if not isinstance(resource.get("trade_state"), str):
             raise ValueError("transaction resource without a trade_state")
         return CallbackEvent(out_trade_no, transaction_result(resource), kind="pay", notification_id=notification_id)
-    if original_type == "refund" or event_type.startswith("REFUND."):
+    if kind == "refund":
         out_refund_no = resource.get("out_refund_no")
         if not isinstance(out_refund_no, str) or not TRADE_NO.match(out_refund_no):
             raise ValueError("refund resource without a valid out_refund_no")
