@@ -238,7 +238,13 @@ def callback_event(notification: Notification) -> CallbackEvent:
 
 def parse_statement(text: str, business_date: str) -> Iterator[StatementLine]:
     """The bank's CSV statement, one StatementLine per final transfer of that business day."""
-    reader = csv.reader(io.StringIO(text))
+    try:
+        yield from _statement_lines(csv.reader(io.StringIO(text, newline="")), business_date)
+    except csv.Error as exc:
+        raise WireError(f"the statement is not CSV: {exc}") from None
+
+
+def _statement_lines(reader: Iterator[list[str]], business_date: str) -> Iterator[StatementLine]:
     header = next(reader, None)
     if header is None:
         raise WireError("the statement has no header")
