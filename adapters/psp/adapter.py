@@ -238,7 +238,7 @@ class PspAdapter:
         result = self._money_reply(reply, ins.instruction_id, "out_trade_no", transformers.transaction_result,
                                    amount=(ins.amount, ins.currency))
         if result is None:  # the PSP already has this out_trade_no: the original stands
-            return await self._query_pay(ins.instruction_id)
+            return await self._query_pay(ins.instruction_id, amount=(ins.amount, ins.currency))
         return result
 
     def _money_reply(self, reply: _Reply, our_id: str, id_field: str, mapper: Any,
@@ -257,9 +257,12 @@ class PspAdapter:
                 return ChannelResult(Outcome.UNKNOWN, "GARBLED_REPLY", channel_code=str(reply.status))
             if obj.get(id_field) != our_id:
                 return ChannelResult(Outcome.UNKNOWN, "MISMATCHED_REPLY", channel_code=str(obj.get(id_field))[:64])
-            if amount is not None and not transformers.amount_matches(obj, *amount):
-                return ChannelResult(Outcome.UNKNOWN, "AMOUNT_MISMATCH", channel_code=str(obj.get("trade_state")))
             result: ChannelResult = mapper(obj)
+            if result.outcome is Outcome.SUCCEEDED and amount is not None and \
+                    not transformers.amount_matches(obj, *amount):
+                # Money moved, but not the amount we asked for: a person must look, not us guess.
+                return ChannelResult(Outcome.UNKNOWN, "AMOUNT_MISMATCH", channel_code=result.channel_code,
+                                     channel_reference=result.channel_reference)
             return result
         code = self._error_code(reply)
         if code in transformers.DUPLICATE_CODES:
@@ -280,15 +283,16 @@ class PspAdapter:
             return await self._query_refund(request.instruction_id)
         return await self._query_pay(request.instruction_id)
 
-    async def _query_pay(self, instruction_id: str) -> ChannelResult:
+    async def _query_pay(self, instruction_id: str, amount: tuple[int, str] | None = None) -> ChannelResult:
         path = f"/v3/pay/transactions/out-trade-no/{quote(instruction_id, safe='')}?mchid={quote(self.mch_id)}"
-        return await self._query_path(path, instruction_id, "out_trade_no", transformers.transaction_result)
+        return await self._query_path(path, instruction_id, "out_trade_no", transformers.transaction_result, amount)
 
     async def _query_refund(self, instruction_id: str) -> ChannelResult:
         path = f"/v3/refund/domestic/refunds/{quote(instruction_id, safe='')}"
         return await self._query_path(path, instruction_id, "out_refund_no", transformers.refund_result)
 
-    async def _query_path(self, path: str, our_id: str, id_field: str, mapper: Any) -> ChannelResult:
+    async def _query_path(self, path: str, our_id: str, id_field: str, mapper: Any,
+                          amount: tuple[int, str] | None = None) -> ChannelResult:
         if not transformers.TRADE_NO.match(our_id):
             return ChannelResult(Outcome.UNKNOWN, "INVALID_REQUEST", channel_code="LOCAL")
         try:
@@ -296,7 +300,7 @@ class PspAdapter:
         except _Transport as exc:
             return ChannelResult(Outcome.UNKNOWN, exc.reason)  # a query's failure says nothing of the payment
         if 200 <= reply.status < 300 or not reply.trusted or reply.status >= 500:
-            result = self._money_reply(reply, our_id, id_field, mapper)
+            result = self._money_reply(reply, our_id, id_field, mapper, amount)
             assert result is not None
             return result
         code = self._error_code(reply)

@@ -448,3 +448,12 @@ async def test_settle_helper_and_timeouts(adapter: PspAdapter, mock: MockBankPro
     assert result.outcome is Outcome.UNKNOWN and result.reason == "TIMEOUT", result
     mock.set_profile(late_reply_ms=0)
     assert (await settle(adapter, QueryRequest(ins.instruction_id))).outcome is Outcome.SUCCEEDED
+
+
+async def test_reused_instruction_id_with_another_amount(adapter: PspAdapter, mock: MockBankProcess) -> None:
+    ins = make_pay(new_id(), 100)
+    assert (await adapter.submit(ins)).outcome is Outcome.SUCCEEDED
+    # The PSP refuses the reuse (OUT_TRADE_NO_USED); the original's amount is not ours: no success claimed.
+    other = await adapter.submit(make_pay(ins.instruction_id, 200))
+    assert (other.outcome, other.reason) == (Outcome.UNKNOWN, "AMOUNT_MISMATCH"), other
+    assert [b["amount"] for b in mock.book() if b["instruction_id"] == ins.instruction_id] == [100]
