@@ -457,3 +457,17 @@ async def test_reused_instruction_id_with_another_amount(adapter: PspAdapter, mo
     other = await adapter.submit(make_pay(ins.instruction_id, 200))
     assert (other.outcome, other.reason) == (Outcome.UNKNOWN, "AMOUNT_MISMATCH"), other
     assert [b["amount"] for b in mock.book() if b["instruction_id"] == ins.instruction_id] == [100]
+
+
+async def test_same_seed_same_faults(keys_dir: Path, mock: MockBankProcess) -> None:
+    profile = json.dumps({"decline_rate": 0.3, "insufficient_funds_rate": 0.2, "pending_rate": 0.2,
+                          "settle_after_ms": 60_000})
+    runs = []
+    for _ in range(2):
+        with MockBankProcess("psp", "--keys-dir", str(keys_dir), "--seed", "11", "--profile", profile) as other:
+            psp = create(make_config(other, keys_dir))
+            try:
+                runs.append([(await psp.submit(make_pay(new_id(), 100))).channel_code for _ in range(12)])
+            finally:
+                await psp.close()
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1, runs
