@@ -56,6 +56,15 @@ class Extension(Protocol):
     postings and its event commit together or not at all. `run` is a generator
     driven like the procedure itself: it uses `yield from ctx.<op>(...)`.
     `max_items` bounds the ledger items plus timestamps it may use.
+
+    For speed an Extension may also carry (all optional, found with getattr):
+    - `accounts_hint` / `transfers_hint`: ids it will touch, loaded with the
+      batch's own rows in one query instead of one per Extension;
+    - `prefetch`: reads, as (sql, params) pairs, run for the whole batch in one
+      round trip before any command applies; `ctx.prefetched` holds its rows.
+      They show the state before the batch, so an Extension must also consult
+      `ctx.memo` (shared by every command of the batch) for what earlier
+      commands of the same batch did.
     """
 
     max_items: int
@@ -130,7 +139,15 @@ class Execute:
     params: tuple[Any, ...]
 
 
-Operation = Union[ReserveTimestamps, LoadExpired, LoadTransfers, LoadAccounts, WriteChanges, Query, Execute]
+@dataclass(slots=True, frozen=True)
+class QueryMany:
+    """Run several reads inside the transaction in one round trip; answers one row list per query."""
+
+    queries: tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+Operation = Union[ReserveTimestamps, LoadExpired, LoadTransfers, LoadAccounts, WriteChanges, Query, Execute,
+                  QueryMany]
 Procedure = Generator[Operation, Any, list[BatchResult]]
 
 
@@ -157,12 +174,18 @@ class Context:
     reserved block, so everything stays strictly ordered.
     """
 
-    __slots__ = ("snap", "now_ns", "_first", "_next", "_end", "_net_before")
+    __slots__ = ("snap", "now_ns", "_first", "_next", "_end", "_net_before", "_looked_up", "memo", "prefetched")
 
     def __init__(self, snap: Snapshot, now_ns: int, first_timestamp: int, budget: int,
-                 net_before: dict[str, int]) -> None:
+                 net_before: dict[str, int], looked_up: tuple[set[int], set[int]] | None = None,
+                 memo: dict[Any, Any] | None = None, prefetched: list[list[tuple[Any, ...]]] | None = None) -> None:
         self.snap = snap
         self.now_ns = now_ns
+        # Ids this batch already asked storage for (transfers, accounts): absent ones are
+        # not asked for again.
+        self._looked_up = looked_up if looked_up is not None else (set(), set())
+        self.memo: dict[Any, Any] = memo if memo is not None else {}
+        self.prefetched: list[list[tuple[Any, ...]]] = prefetched or []
         self._first = first_timestamp
         self._next = first_timestamp
         self._end = first_timestamp + budget
@@ -192,15 +215,18 @@ class Context:
 
     def _load(self, transfer_ids: set[int], account_ids: set[int]) -> Generator[Operation, Any, None]:
         snap = self.snap
-        missing_t = {i for i in transfer_ids if 0 < i <= U64_MAX and i not in snap.transfers}
+        seen_t, seen_a = self._looked_up
+        missing_t = {i for i in transfer_ids if 0 < i <= U64_MAX and i not in snap.transfers and i not in seen_t}
         if missing_t:
+            seen_t.update(missing_t)
             loaded: dict[int, Transfer] = yield LoadTransfers(frozenset(missing_t))
             for t in loaded.values():
                 snap.transfers.setdefault(t.id, t)
                 account_ids.add(t.debit_account_id)
                 account_ids.add(t.credit_account_id)
-        missing_a = {i for i in account_ids if 0 < i <= ID_MAX and i not in snap.accounts}
+        missing_a = {i for i in account_ids if 0 < i <= ID_MAX and i not in snap.accounts and i not in seen_a}
         if missing_a:
+            seen_a.update(missing_a)
             found: dict[int, Account] = yield LoadAccounts(frozenset(missing_a))
             for a in found.values():
                 snap.accounts[a.id] = a
@@ -251,6 +277,9 @@ def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
         elif isinstance(cmd, CreateAccounts):
             for a in cmd.accounts:
                 account_ids.add(a.id)
+        elif not isinstance(cmd, ExpirePending):
+            transfer_ids.update(getattr(cmd, "transfers_hint", ()))
+            account_ids.update(getattr(cmd, "accounts_hint", ()))
     transfer_ids.discard(0)
     transfers: dict[int, Transfer] = (yield LoadTransfers(frozenset(transfer_ids))) if transfer_ids else {}
     # One object per row: an expiring pending also named by a post must be the same object.
@@ -263,7 +292,14 @@ def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
 
     net_before = _net_by_currency(accounts.values())
     snap = Snapshot(accounts, transfers, now_ns)
+    looked_up = ({i for i in transfer_ids if 0 < i <= U64_MAX}, set(account_ids))
+    memo: dict[Any, Any] = {}
+    prefetch_plan = [getattr(cmd, "prefetch", ()) if not isinstance(
+        cmd, (CreateTransfers, CreateAccounts, ExpirePending)) else () for cmd in commands]
+    flat = tuple((sql, tuple(params)) for queries in prefetch_plan for sql, params in queries)
+    prefetched_rows: list[list[tuple[Any, ...]]] = (yield QueryMany(flat)) if flat else []
     out: list[BatchResult] = []
+    taken = 0
     for cmd in commands:
         if isinstance(cmd, CreateTransfers):
             results = create_transfers(snap, cmd.transfers, next_timestamp)
@@ -276,7 +312,10 @@ def group_commit(commands: Sequence[Command], now_ns: int) -> Procedure:
             next_timestamp += len(cmd.accounts)
             out.append(BatchResult(results, stamps))
         elif not isinstance(cmd, ExpirePending):
-            ctx = Context(snap, now_ns, next_timestamp, cmd.max_items, net_before)
+            wanted = len(prefetch_plan[len(out)])
+            ctx = Context(snap, now_ns, next_timestamp, cmd.max_items, net_before, looked_up, memo,
+                          prefetched_rows[taken:taken + wanted])
+            taken += wanted
             value = yield from cmd.run(ctx)
             next_timestamp += cmd.max_items
             out.append(BatchResult(value=value))

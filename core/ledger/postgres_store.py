@@ -40,6 +40,7 @@ from .batch import (
     Operation,
     Procedure,
     Query,
+    QueryMany,
     ReserveTimestamps,
     WriteChanges,
     group_commit,
@@ -455,6 +456,11 @@ class _Transaction:
             await self._enter_pipeline()
             await self.conn.execute(pg_sql(op.sql), op.params)
             return None
+        if isinstance(op, QueryMany):
+            # All sent first, then all read: one round trip in pipeline mode.
+            await self._enter_pipeline()
+            cursors = [await self.conn.execute(pg_sql(sql), params, binary=True) for sql, params in op.queries]
+            return [await cur.fetchall() for cur in cursors]
         if isinstance(op, WriteChanges):
             await self._write(write_rows(op.snapshot))
             return None

@@ -27,6 +27,7 @@ from .batch import (
     Operation,
     Procedure,
     Query,
+    QueryMany,
     ReserveTimestamps,
     WriteChanges,
     group_commit,
@@ -263,6 +264,8 @@ class SqliteLedgerStore:
         if isinstance(op, Execute):
             conn.execute(op.sql, op.params)
             return None
+        if isinstance(op, QueryMany):
+            return [conn.execute(sql, params).fetchall() for sql, params in op.queries]
         if isinstance(op, WriteChanges):
             rows = write_rows(op.snapshot)
             for sql, key in (

@@ -62,6 +62,7 @@ METADATA_KEYS_MAX = 20
 TEXT_MAX = 500
 LIST_PAGE_MAX = 1000
 NS = 1_000_000_000
+OPEN_STATUSES = (PaymentStatus.CREATED, PaymentStatus.PROCESSING, PaymentStatus.UNKNOWN)  # = payments_open
 
 
 class CardLookup(Protocol):
@@ -158,9 +159,11 @@ class PaymentService:
     async def _resume_open_payments(self) -> None:
         """CREATED payments were never sent: send them. Open ones that lost their poll row
         (written by an older version) get one back; the rest is the poller's."""
+        # Literal statuses, matching the partial index payments_open (bound parameters
+        # would keep the planner from proving the index applies).
+        open_statuses = ", ".join(str(int(s)) for s in OPEN_STATUSES)
         rows = await self.ledger.query(
-            "SELECT body FROM payments WHERE status IN (?, ?, ?) ORDER BY created_at_ns",
-            (int(PaymentStatus.CREATED), int(PaymentStatus.PROCESSING), int(PaymentStatus.UNKNOWN)))
+            f"SELECT body FROM payments WHERE status IN ({open_statuses}) ORDER BY created_at_ns")
         now = self.clock_ns()
         schedule = []
         for (body,) in rows:
