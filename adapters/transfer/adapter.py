@@ -8,7 +8,6 @@ opened) and UNKNOWN (anything after that without a verified answer).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -319,8 +318,9 @@ class TransferAdapter:
             headers["Content-Type"] = "application/json"
         metrics.IN_FLIGHT.labels(self.name).inc()
         try:
-            async with self._client().request(method, URL(self.settings.base_url + path, encoded=True), data=body or None,
-                                              headers=headers, timeout=timeout, allow_redirects=False) as resp:
+            url = URL(self.settings.base_url + path, encoded=True)  # the path exactly as signed
+            async with self._client().request(method, url, data=body or None, headers=headers, timeout=timeout,
+                                              allow_redirects=False) as resp:
                 raw = await resp.read()
                 status, reply_headers = resp.status, {k: v for k, v in resp.headers.items()}
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

@@ -77,7 +77,8 @@ class TransferSettings:
             raise ConfigError("settings.accounts must map 'BANK_CODE:last4' to an account number")
         settings = cls(
             base_url=base_url, pool=pool, keys=KeyRing.of(current, *previous), currencies=frozenset(currencies),
-            min_amount=_int(s, "min_amount", "min_amount", 1), max_amount=_int(s, "max_amount", "max_amount", 2**63 - 1),
+            min_amount=_int(s, "min_amount", "min_amount", 1),
+            max_amount=_int(s, "max_amount", "max_amount", 2**63 - 1),
             fees=fees, timeout_ms=_int(s, "timeout_ms", "timeout_ms", 10_000),
             connect_timeout_ms=_int(s, "connect_timeout_ms", "connect_timeout_ms", 2_000),
             statement_timeout_ms=_int(s, "statement_timeout_ms", "statement_timeout_ms", 30_000),

@@ -37,7 +37,8 @@ class Keys:
         self.by_id = {fingerprint(k): k for k in keys}
         self.current = fingerprint(keys[0])
 
-    def headers(self, method: str, path: str, body: bytes, kid: str | None = None, corrupt: bool = False) -> dict[str, str]:
+    def headers(self, method: str, path: str, body: bytes, kid: str | None = None,
+                corrupt: bool = False) -> dict[str, str]:
         kid = kid if kid in self.by_id else self.current
         ts = str(int(time.time()))
         nonce = secrets.token_urlsafe(18)

@@ -80,7 +80,6 @@ class Draws:
     latency: float
     timeout: float
     lost: float
-    late: float
     decline: float
     decline_code: float
     funds: float

@@ -104,6 +104,7 @@ class TransferBankServer:
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self.api_runner.server is not None
         self._listener = await loop.create_server(self.api_runner.server, self.host, self.port,
                                                   reuse_address=True, family=socket.AF_INET)
         self.port = self._listener.sockets[0].getsockname()[1]

@@ -572,6 +572,7 @@ async def test_key_rotation(keys: Keys) -> None:
         finally:
             await old_only.close()
             await new_and_old.close()
+    assert bank.proc is not None and bank.proc.returncode == 0  # SIGTERM: a clean exit
 
 
 async def test_a_key_the_bank_does_not_hold_is_unknown_not_failed(mock: MockBankProcess, keys: Keys) -> None:
@@ -637,3 +638,22 @@ def test_metrics_count_requests_by_flow_and_outcome(mock: MockBankProcess, keys:
                       outcome=outcome) == before[outcome] + 1
     assert sample("dualflow_channel_in_flight", channel="bank-xfer") == 0
     assert sample("dualflow_channel_request_seconds_count", channel="bank-xfer", flow="pay") > 0
+
+
+async def test_the_same_seed_replays_the_same_decisions(keys: Keys) -> None:
+    profile = json.dumps({"decline_rate": 0.4, "pending_rate": 0.5, "settle_after_ms": 0, "latency_ms": 0,
+                          "jitter_ms": 0})
+
+    async def run(seed: str) -> list[tuple[str, str, str]]:
+        with MockBankProcess("transfer", "--hmac-key-file", str(keys.current), "--seed", seed,
+                             "--profile", profile) as bank:
+            a = create(channel(bank.port, {"hmac_key": keys.current}))
+            try:
+                results = [await a.submit(make_pay(f"ins_seed_{i}", 100 + i)) for i in range(12)]
+            finally:
+                await a.close()
+            return [(r.outcome.value, r.reason, r.channel_reference) for r in results]
+
+    first, again = await run("3"), await run("3")
+    assert first == again
+    assert {outcome for outcome, _, _ in first} == {"SUCCEEDED", "FAILED", "PENDING"}  # the draws mattered
