@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from dualflow.adapters.contract import ChannelConfig
 from dualflow.core.errors import NotFound
 from dualflow.core.money import is_currency
 
@@ -105,6 +106,7 @@ class PlatformConfig:
     callers: tuple[CallerConfig, ...] = ()
     payments: PaymentsConfig = PaymentsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    channels: tuple[ChannelConfig, ...] = ()
     _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +153,7 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     """Validate an already-parsed TOML document (what load_config does after reading the file)."""
-    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks"})
+    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels"})
     vault = _vault(data["vault"], "vault") if "vault" in data else None
     merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
     seen: dict[str, int] = {}
@@ -163,7 +165,31 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     _unique_callers(callers)
     payments = PaymentsConfig(**_positive_ints(data.get("payments", {}), "payments", PaymentsConfig()))
     webhooks = WebhooksConfig(**_positive_ints(data.get("webhooks", {}), "webhooks", WebhooksConfig()))
-    return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks)
+    channels = tuple(_channel(c, f"channels[{i}]") for i, c in enumerate(_array(data, "channels", "")))
+    names = [c.name for c in channels]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"channels[{i}].name", f"{name!r} is also channels[{names.index(name)}]")
+    return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
+                          channels=channels)
+
+
+def _channel(value: Any, at: str) -> ChannelConfig:
+    """A channel: its adapter kind, kind-specific settings, and key FILES (never key material)."""
+    table = _table(value, at)
+    _known_keys(table, at, {"name", "kind", "settings", "keys"})
+    name = _string(_required(table, "name", at), f"{at}.name")
+    if not _CALLER_NAME.fullmatch(name):
+        raise ConfigError(f"{at}.name", f"{name!r} is not 1-64 letters, digits and _.- (it is a metrics label)")
+    kind = _string(_required(table, "kind", at), f"{at}.kind")
+    settings = dict(_table(table.get("settings", {}), f"{at}.settings"))
+    key_files: dict[str, Path] = {}
+    for key_name, path in _table(table.get("keys", {}), f"{at}.keys").items():
+        file = Path(_string(path, f"{at}.keys.{key_name}"))
+        if not file.is_file():
+            raise ConfigError(f"{at}.keys.{key_name}", f"no such file {str(file)!r}")
+        key_files[key_name] = file
+    return ChannelConfig(name=name, kind=kind, settings=settings, key_files=key_files)
 
 
 def _positive_ints(value: Any, at: str, defaults: Any) -> dict[str, int]:

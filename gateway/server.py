@@ -18,9 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from dualflow.adapters.dispatcher import FinancialGateway
+from dualflow.adapters.registry import build as build_adapter
 from dualflow.core.ledger.open_store import store_from_url
 from dualflow.core.ledger.service import LedgerService
-from dualflow.core.payments.dispatch import ChannelDispatcher
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelDispatcher
 from dualflow.core.payments.model import Merchant
 from dualflow.core.payments.service import PaymentService
 from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
@@ -61,6 +63,9 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Where channels POST asynchronous callbacks (only with channels configured); 0: any port.
+    callback_host: str = "127.0.0.1"
+    callback_port: int = 0
 
 
 def create_server(ledger: LedgerService, address: str, *,
@@ -103,6 +108,11 @@ class Platform:
         vault = self.settings.vault
         self.vault = CardVault(self.ledger, KeyRing(dict(vault.keys), vault.active,
                                                     fingerprint_key=vault.fingerprint_key)) if vault else None
+        self.gateway: FinancialGateway | None = None
+        if dispatcher is None and self.settings.channels:
+            self.gateway = FinancialGateway([build_adapter(c) for c in self.settings.channels], cards=self.vault,
+                                            callback_host=config.callback_host, callback_port=config.callback_port)
+            dispatcher = self.gateway
         if dispatcher is None and config.channel == "scripted":
             from dualflow.adapters.scripted import ScriptedChannel
 
@@ -137,6 +147,9 @@ class Platform:
             log.warning("authentication disabled: no callers configured (pass --config to require API keys)")
         await self.ledger.start()
         await self.ledger.ensure_schema([*VAULT_SCHEMA, *WEBHOOK_SCHEMA])
+        if self.gateway is not None:
+            self.gateway.on_answer = self._channel_answer
+            await self.gateway.start()
         await self.payments.start()
         await self.webhook_dispatcher.start()
         self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
@@ -153,6 +166,13 @@ class Platform:
             self._metrics_http = http
             self.metrics_port = http.server_port
         log.info("dualflow serving on %s (db backend %s)", self.address, self.ledger.store.backend)
+
+    async def _channel_answer(self, kind: str, object_id: str, answer: ChannelAnswer) -> None:
+        """A verified callback: applied like a poll answer (idempotent, any order)."""
+        if kind == "refund":
+            await self.payments.apply_refund_answer(object_id, answer, source="callback")
+        else:
+            await self.payments.apply_channel_answer(object_id, answer, source="callback")
 
     async def _watch_outbox_lag(self) -> None:
         """dualflow_outbox_lag_seconds{consumer="webhooks"}: how far notifications trail the outbox."""
@@ -206,6 +226,8 @@ class Platform:
             self._lag_watch = None
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
         await self.payments.stop()  # open external payments resume at the next start
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.ledger.stop()  # flush the group-commit writer, close storage
         if self._metrics_http is not None:
             self._metrics_http.shutdown()  # type: ignore[attr-defined]
@@ -225,7 +247,9 @@ async def serve(config: ServerConfig, *, announce: bool = True) -> None:
         metrics = f" metrics=http://{config.metrics_host}:{platform.metrics_port}/metrics" \
             if platform.metrics_port is not None else ""
         # One parseable line: tests and scripts that bind port 0 read the real port here.
-        print(f"dualflow listening grpc={platform.address}{metrics} db={platform.ledger.store.backend}", flush=True)
+        callbacks = f" callbacks={platform.gateway.callback_url}" if platform.gateway is not None else ""
+        print(f"dualflow listening grpc={platform.address}{metrics} db={platform.ledger.store.backend}{callbacks}",
+              flush=True)
     await stop.wait()
     print("dualflow shutting down: draining calls, flushing the writer", flush=True)
     await platform.stop()

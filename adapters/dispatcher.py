@@ -1,0 +1,210 @@
+"""The financial gateway (金融网关): the payment gateway's ChannelDispatcher over channel adapters.
+
+It turns channel-neutral instructions into adapter calls (revealing a card
+from the vault only at the moment the card adapter needs it), maps adapter
+results to the payment gateway's answers, and runs the callback listener: a
+small HTTP server on its own port where channels POST asynchronous
+notifications, each verified by its adapter before anything is believed.
+
+Payment state lives in the payment gateway, never here: a callback's answer is
+handed to `on_answer`, which applies it idempotently (a duplicate or a replay
+changes nothing, in any order relative to poll answers).
+
+Which channel carries a payment: the eligible ones (capabilities: asset,
+currency, amount, card BIN), cheapest first. The smart router replaces this
+ordering with health and fees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction
+from dualflow.core.payments.model import Asset
+
+from . import metrics
+from .contract import (
+    CallbackEvent,
+    CallbackRejected,
+    CardData,
+    ChannelAdapter,
+    ChannelResult,
+    Flow,
+    Outcome,
+    PayInstruction,
+    QueryRequest,
+    RefundInstruction,
+)
+
+log = logging.getLogger(__name__)
+
+# Where a verified callback's answer goes: (kind "pay" | "refund", payment or refund id, answer).
+AnswerSink = Callable[[str, str, ChannelAnswer], Awaitable[None]]
+
+_OUTCOMES = {
+    Outcome.SUCCEEDED: ChannelOutcome.SUCCEEDED,
+    Outcome.FAILED: ChannelOutcome.FAILED,
+    Outcome.PENDING: ChannelOutcome.PENDING,
+    Outcome.UNKNOWN: ChannelOutcome.UNKNOWN,
+    Outcome.NOT_SUBMITTED: ChannelOutcome.NOT_SUBMITTED,
+}
+
+
+class CardSource(Protocol):
+    async def card(self, token: str) -> Any: ...
+    async def reveal(self, token: str) -> str: ...
+
+
+def answer_of(result: ChannelResult) -> ChannelAnswer:
+    return ChannelAnswer(_OUTCOMES[result.outcome], result.reason, result.channel_reference)
+
+
+def object_id_of(instruction_id: str) -> str:
+    """`pay_x.2` -> `pay_x`: instruction ids are the payment or refund id plus the attempt."""
+    return instruction_id.split(".", 1)[0]
+
+
+class FinancialGateway:
+    def __init__(self, adapters: Sequence[ChannelAdapter], *, cards: CardSource | None = None,
+                 callback_host: str = "127.0.0.1", callback_port: int | None = 0) -> None:
+        self.adapters: dict[str, ChannelAdapter] = {a.name: a for a in adapters}
+        self.cards = cards
+        self.callback_host = callback_host
+        self.callback_port = callback_port  # None: no listener
+        self.on_answer: AnswerSink | None = None
+        self._runner: web.AppRunner | None = None
+        self.callback_url = ""
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.start()
+        if self.callback_port is not None:
+            app = web.Application(client_max_size=1 << 20)
+            app.router.add_post("/callbacks/{channel}", self._callback)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.callback_host, self.callback_port)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.callback_port = port
+            self.callback_url = f"http://{self.callback_host}:{port}/callbacks"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for adapter in self.adapters.values():
+            try:
+                await adapter.close()
+            except Exception:  # noqa: BLE001 - close the others anyway
+                log.warning("closing channel %s failed", adapter.name, exc_info=True)
+
+    # ---- ChannelDispatcher
+    def channels_for(self, asset: Asset, currency: str, amount: int, card_bin: str = "") -> Sequence[str]:
+        eligible = []
+        for name, adapter in self.adapters.items():
+            caps = adapter.describe()
+            if caps.accepts(asset, currency, amount, card_bin):
+                fee = caps.fees.get(currency)
+                eligible.append((fee.fee_for(amount) if fee else 0, name))
+        return [name for _fee, name in sorted(eligible)]
+
+    def supports_reversal(self, channel: str) -> bool:
+        adapter = self.adapters.get(channel)
+        return adapter is not None and Flow.REVERSE in adapter.describe().flows
+
+    async def submit(self, instruction: Instruction) -> ChannelAnswer:
+        adapter = self._adapter(instruction.channel)
+        started = time.perf_counter()
+        if instruction.kind == "refund":
+            result = await adapter.refund(RefundInstruction(
+                instruction_id=instruction.instruction_id, refund_id=instruction.object_id,
+                payment_id=object_id_of(instruction.original_instruction_id),
+                original_instruction_id=instruction.original_instruction_id,
+                original_reference=instruction.channel_reference, amount=instruction.amount,
+                currency=instruction.currency))
+        else:
+            result = await adapter.submit(await self._pay_instruction(instruction))
+        self._observe(adapter.name, instruction.kind, result, started)
+        return answer_of(result)
+
+    async def query(self, instruction: Instruction) -> ChannelAnswer:
+        adapter = self._adapter(instruction.channel)
+        started = time.perf_counter()
+        request = QueryRequest(instruction.instruction_id, instruction.channel_reference, kind=instruction.kind)
+        result = await adapter.query(request)
+        metrics.POLLS.labels(adapter.name, result.outcome.value).inc()
+        self._observe(adapter.name, "query", result, started)
+        return answer_of(result)
+
+    async def reverse(self, instruction: Instruction) -> ChannelAnswer:
+        adapter = self._adapter(instruction.channel)
+        started = time.perf_counter()
+        result = await adapter.reverse(
+            QueryRequest(instruction.original_instruction_id, instruction.channel_reference, kind="pay"),
+            instruction.amount, instruction.currency)
+        metrics.REVERSALS.labels(adapter.name, result.outcome.value).inc()
+        self._observe(adapter.name, "reverse", result, started)
+        return answer_of(result)
+
+    # ---- helpers
+    def _adapter(self, channel: str) -> ChannelAdapter:
+        adapter = self.adapters.get(channel)
+        if adapter is None:
+            # Configuration changed under an open payment: nothing can be sent or asked.
+            raise LookupError(f"channel {channel!r} is not configured")
+        return adapter
+
+    async def _pay_instruction(self, instruction: Instruction) -> PayInstruction:
+        card = None
+        if instruction.card_token:
+            if self.cards is None:
+                raise LookupError("a card payment needs the vault")
+            ref = await self.cards.card(instruction.card_token)
+            card = CardData(pan=await self.cards.reveal(instruction.card_token), exp_month=ref.exp_month,
+                            exp_year=ref.exp_year)
+        return PayInstruction(
+            instruction_id=instruction.instruction_id, payment_id=instruction.object_id,
+            merchant_id=instruction.merchant_id, asset=instruction.asset, amount=instruction.amount,
+            currency=instruction.currency, card=card, bank_account=instruction.bank_account,
+            description=instruction.description)
+
+    @staticmethod
+    def _observe(channel: str, flow: str, result: ChannelResult, started: float) -> None:
+        metrics.REQUESTS.labels(channel, flow, result.outcome.value).inc()
+        metrics.REQUEST_SECONDS.labels(channel, flow).observe(time.perf_counter() - started)
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        adapter = self.adapters.get(request.match_info["channel"])
+        if adapter is None:
+            return web.Response(status=404)
+        body = await request.read()
+        headers: Mapping[str, str] = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            event: CallbackEvent = adapter.parse_callback(headers, body)
+        except CallbackRejected as rejected:
+            metrics.CALLBACKS.labels(adapter.name, rejected.reason).inc()
+            log.warning("callback from %s rejected: %s", adapter.name, rejected.reason)
+            return _response(adapter.callback_response(False))
+        metrics.CALLBACKS.labels(adapter.name, "ACCEPTED").inc()
+        if self.on_answer is not None:
+            try:
+                await self.on_answer(event.kind, object_id_of(event.instruction_id), answer_of(event.result))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - not acknowledged: the channel sends it again
+                log.exception("applying a callback from %s failed", adapter.name)
+                return _response(adapter.callback_response(False), status=500)
+        return _response(adapter.callback_response(True))
+
+
+def _response(parts: tuple[int, bytes, Mapping[str, str]], status: int | None = None) -> web.Response:
+    code, body, headers = parts
+    return web.Response(status=status or code, body=body, headers=dict(headers))
