@@ -164,16 +164,19 @@ class PspAdapter:
         await self.start()
         assert self._session is not None
         raw = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        target_text = url or self.base_url + path_query
+        parts = urlsplit(target_text)  # sign the path the PSP sees, with any prefix of base_url
+        signed_path = parts.path + (f"?{parts.query}" if parts.query else "")
         timestamp, nonce = int(time.time()), signing.new_nonce()
         headers = {
-            "Authorization": signing.sign_request(self._private_key, self.mch_id, self.serial_no, method, path_query,
+            "Authorization": signing.sign_request(self._private_key, self.mch_id, self.serial_no, method, signed_path,
                                                   raw, timestamp, nonce),
             "Accept": "application/json",
             "User-Agent": "dualflow-psp-adapter",
         }
         if body is not None:
             headers["Content-Type"] = "application/json"
-        target = URL(url or (self.base_url + path_query), encoded=True)
+        target = URL(target_text, encoded=True)
         try:
             async with self._session.request(method, target, data=raw if body is not None else None,
                                              headers=headers, allow_redirects=False) as resp:
@@ -458,10 +461,9 @@ class PspAdapter:
         ours, theirs = urlsplit(self.base_url), urlsplit(str(download_url))
         if (ours.scheme, ours.netloc) != (theirs.scheme, theirs.netloc):
             raise StatementUnavailable("the bill's download_url is not on the PSP's host; not following it")
-        path_query = theirs.path + (f"?{theirs.query}" if theirs.query else "")
         try:
             # The file itself is not signed (as WeChat's): the signed hash above vouches for it.
-            file = await self._request("GET", path_query, signed_reply=False)
+            file = await self._request("GET", "", url=str(download_url), signed_reply=False)
         except _Transport as exc:
             raise StatementUnavailable(f"bill file for {business_date}: {exc.reason}") from None
         if file.status != 200:
