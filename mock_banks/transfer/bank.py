@@ -186,6 +186,7 @@ class Bank:
         self.callback_url = callback_url
         self.transfers: dict[str, Transfer] = {}
         self.accounts: list[Account] = []
+        self._accepted: set[str] = set()  # not final yet: what the settlement clock looks at
         self._serial = 0
         self._events = 0
 
@@ -323,6 +324,7 @@ class Bank:
         if draws.pending < p["pending_rate"] or t.planned[0] == "RETURNED":
             t.status = "ACCEPTED"
             t.settle_at = now + p["settle_after_ms"] / 1000
+            self._accepted.add(t.instruction_id)
             return 201, t, []
         return 201, t, self._finish(t, now)
 
@@ -352,14 +354,15 @@ class Bank:
     def due(self, now: float) -> list[Notification]:
         """Settle (or reject, or return) every accepted transfer whose time has come."""
         out: list[Notification] = []
-        for t in list(self.transfers.values()):
-            if t.status == "ACCEPTED" and t.settle_at is not None and t.settle_at <= now:
+        for instruction_id in sorted(self._accepted, key=lambda i: (self.transfers[i].settle_at or 0.0, i)):
+            t = self.transfers[instruction_id]
+            if t.settle_at is not None and t.settle_at <= now:
                 out.extend(self._finish(t, now))
         return out
 
     def next_due(self) -> float | None:
-        times = [t.settle_at for t in self.transfers.values() if t.status == "ACCEPTED" and t.settle_at is not None]
-        return min(times) if times else None
+        times = [self.transfers[i].settle_at for i in self._accepted]
+        return min((t for t in times if t is not None), default=None)
 
     def _finish(self, t: Transfer, now: float) -> list[Notification]:
         status, code = t.planned
@@ -376,6 +379,7 @@ class Bank:
             original = self.transfers[t.original_id]
             original.returned_amount -= t.amount
         t.status, t.code, t.final_at, t.settle_at = status, code, now, None
+        self._accepted.discard(t.instruction_id)
         if not t.callback_url:
             return []
         self._events += 1
