@@ -424,20 +424,25 @@ async def test_declines_map_to_reasons_and_local_checks(adapter: PspAdapter, moc
     assert Flow.REVERSE not in adapter.describe().flows
 
 
-async def test_metrics_by_flow_outcome_and_callback_result(adapter: PspAdapter, mock: MockBankProcess,
-                                                           keys_dir: Path) -> None:
+async def test_metrics_in_flight_and_statement(adapter: PspAdapter, mock: MockBankProcess) -> None:
+    # Requests by outcome, latency, polls and callbacks are the financial gateway's to count
+    # (once, around every adapter call); the adapter adds calls in flight and the statement flow.
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, {"channel": CHANNEL, **labels}) or 0.0
 
-    before = value("dualflow_channel_requests_total", flow="pay", outcome="SUCCEEDED")
-    rejected = value("dualflow_channel_callbacks_total", result="BAD_SIGNATURE")
-    await adapter.submit(make_pay(new_id(), 100))
-    with pytest.raises(CallbackRejected):
-        adapter.parse_callback({}, b"{}")
-    assert value("dualflow_channel_requests_total", flow="pay", outcome="SUCCEEDED") == before + 1
-    assert value("dualflow_channel_callbacks_total", result="BAD_SIGNATURE") == rejected + 1
-    assert value("dualflow_channel_request_seconds_count", flow="pay") >= 1
+    mock.set_profile(latency_ms=200)
+    call = asyncio.ensure_future(adapter.submit(make_pay(new_id(), 100)))
+    await asyncio.sleep(0.1)
+    assert value("dualflow_channel_in_flight") == 1
+    assert (await call).outcome is Outcome.SUCCEEDED
     assert value("dualflow_channel_in_flight") == 0
+    mock.set_profile(latency_ms=0)
+    before = value("dualflow_channel_requests_total", flow="statement", outcome="SUCCEEDED")
+    pays_before = value("dualflow_channel_requests_total", flow="pay", outcome="SUCCEEDED")
+    [line async for line in adapter.fetch_statement(datetime.now(timezone.utc).date().isoformat())]
+    assert value("dualflow_channel_requests_total", flow="statement", outcome="SUCCEEDED") == before + 1
+    assert value("dualflow_channel_request_seconds_count", flow="statement") >= 1
+    assert value("dualflow_channel_requests_total", flow="pay", outcome="SUCCEEDED") == pays_before
 
 
 async def test_settle_helper_and_timeouts(adapter: PspAdapter, mock: MockBankProcess) -> None:
