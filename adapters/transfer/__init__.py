@@ -18,7 +18,8 @@ Signing (both ways). Every request, every response and every callback carries
     X-Rail-Nonce:     16..64 of [A-Za-z0-9_-], fresh per message
     X-Rail-Signature: hex HMAC-SHA256(key, METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nhex SHA-256(BODY))
 
-PATH is the request path exactly as sent (percent-encoding included, no query string). A
+PATH is the request path exactly as sent (percent-encoding included, a base_url path prefix
+included, no query string). A
 response is signed over its request's METHOD and PATH with its own timestamp and nonce; a
 callback over `POST` and the path of the callback URL. The receiver refuses an unknown key
 id, a bad signature, a timestamp more than 5 minutes off its clock, and a nonce it has seen
@@ -78,7 +79,9 @@ Configuration (ChannelConfig, kind "transfer")
 settings: `base_url`; `pool_account` = {bank_code, number, name}; `currencies` (default
 ["CNY"]); `min_amount`, `max_amount`; `fees` = {CUR: {fixed, bps}}; `timeout_ms` (10000),
 `connect_timeout_ms` (2000), `statement_timeout_ms` (30000); `callback_url` (sent with each
-transfer) and `callback_path` (what callbacks are signed over; default: callback_url's path);
+transfer; without it the bank uses the URL agreed out of band) and `callback_path` (what callbacks
+are signed over; default: callback_url's path, else `/callbacks/<channel name>`, where the
+financial gateway's listener serves this channel);
 `accounts` = {"BANK_CODE:last4": full number}; `window_s` (300); `max_connections` (32).
 key_files: `hmac_key` (hex, at least 16 bytes; signs and verifies), `hmac_key_previous`
 (optional, verifies only).

@@ -4,6 +4,10 @@ It holds an HTTP connection pool, the key ring and two nonce caches (replies, ca
 no payment state. Every request is signed; every reply is verified before a byte of it is
 believed. What happened on the network decides between NOT_SUBMITTED (the connection never
 opened) and UNKNOWN (anything after that without a verified answer).
+
+Metrics: requests by flow and outcome, latency, polls and callbacks are counted once, by the
+financial gateway around every adapter call (adapters/dispatcher.py). This adapter counts what
+only it sees: requests in flight, and the flows no dispatcher calls (statements, payouts).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -101,6 +105,9 @@ class TransferAdapter:
         self._session: aiohttp.ClientSession | None = None
         self._reply_nonces = NonceCache(settings.window_s)
         self._callback_nonces = NonceCache(settings.window_s)
+        base = urlsplit(settings.base_url)
+        self._origin = f"{base.scheme}://{base.netloc}"
+        self._prefix = base.path.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_ms / 1000,
                                               sock_connect=settings.connect_timeout_ms / 1000)
         self._statement_timeout = aiohttp.ClientTimeout(total=settings.statement_timeout_ms / 1000,
@@ -133,24 +140,22 @@ class TransferAdapter:
     # ---- money flows
     async def submit(self, instruction: PayInstruction) -> ChannelResult:
         """Collect from the payer's account (named by PayInstruction.bank_account) into our pool."""
-        started = time.perf_counter()
         problem = self._check_amount(instruction.amount, instruction.currency, instruction.instruction_id,
                                      instruction.payment_id)
         if not problem and instruction.bank_account is None:
             problem = ("MISSING_BANK_ACCOUNT", "a bank transfer needs the payer's bank account")
         if problem:
-            return self._done("pay", started, _not_submitted(*problem))
+            return _not_submitted(*problem)
         assert instruction.bank_account is not None
         debtor = self._counterparty(instruction.bank_account, "")
         if debtor.problem():
-            return self._done("pay", started, _not_submitted("INVALID_ACCOUNT", debtor.problem()))
+            return _not_submitted("INVALID_ACCOUNT", debtor.problem())
         body = transfer_request(instruction_id=instruction.instruction_id, direction="collect",
                                 amount=instruction.amount, currency=instruction.currency, debtor=debtor,
                                 creditor=self.settings.pool, reference=instruction.payment_id,
                                 description=instruction.description, callback_url=self.settings.callback_url)
-        result = await self._post_transfer("pay", "/transfers", body, instruction.instruction_id,
-                                           instruction.amount, instruction.currency, "collect")
-        return self._done("pay", started, result)
+        return await self._post_transfer("/transfers", body, instruction.instruction_id, instruction.amount,
+                                         instruction.currency, "collect")
 
     async def payout(self, instruction: PayoutInstruction) -> ChannelResult:
         """Pay out from our pool to a beneficiary: the same outcomes as submit."""
@@ -169,36 +174,34 @@ class TransferAdapter:
                                 amount=instruction.amount, currency=instruction.currency, debtor=self.settings.pool,
                                 creditor=creditor, reference=instruction.payout_id,
                                 description=instruction.description, callback_url=self.settings.callback_url)
-        result = await self._post_transfer("payout", "/transfers", body, instruction.instruction_id,
-                                           instruction.amount, instruction.currency, "payout")
+        result = await self._post_transfer("/transfers", body, instruction.instruction_id, instruction.amount,
+                                           instruction.currency, "payout")
         return self._done("payout", started, result)
 
     async def refund(self, instruction: RefundInstruction) -> ChannelResult:
         """A return payment of (part of) a settled collection, back to the account it came from."""
-        started = time.perf_counter()
         problem = self._check_amount(instruction.amount, instruction.currency, instruction.instruction_id,
                                      instruction.refund_id, instruction.original_instruction_id)
         if problem:
-            return self._done("refund", started, _not_submitted(*problem))
+            return _not_submitted(*problem)
         body = return_request(return_id=instruction.instruction_id, amount=instruction.amount,
                               currency=instruction.currency, reference=instruction.refund_id,
                               callback_url=self.settings.callback_url)
         path = f"/transfers/{_segment(instruction.original_instruction_id)}/return"
-        result = await self._post_transfer("refund", path, body, instruction.instruction_id, instruction.amount,
-                                           instruction.currency, "return")
-        return self._done("refund", started, result)
+        return await self._post_transfer(path, body, instruction.instruction_id, instruction.amount,
+                                         instruction.currency, "return")
 
     async def reverse(self, request: QueryRequest, amount: int, currency: str) -> ChannelResult:
         raise FlowNotSupported(self.name, Flow.REVERSE)
 
     async def query(self, request: QueryRequest) -> ChannelResult:
-        """The bank's state of one instruction (pay, payout or refund) by our instruction id."""
-        started = time.perf_counter()
+        """The bank's state of one instruction by our instruction id; `kind` is pay, payout or
+        refund (the bank's directions collect, payout, return); reverse: FlowNotSupported."""
         if request.kind == "reverse":
             raise FlowNotSupported(self.name, Flow.REVERSE)
         direction = DIRECTION_BY_KIND[request.kind]  # a kind we do not know is a programmer error
         if not valid_id(request.instruction_id):
-            return self._done("query", started, ChannelResult(Outcome.UNKNOWN, "INVALID_INSTRUCTION_ID"))
+            return ChannelResult(Outcome.UNKNOWN, "INVALID_INSTRUCTION_ID")
         path = f"/transfers/{_segment(request.instruction_id)}"
         reply = await self._exchange("GET", path, b"", self._timeout)
         if isinstance(reply, ChannelResult):
@@ -210,8 +213,7 @@ class TransferAdapter:
             result = ChannelResult(Outcome.UNKNOWN, "NOT_FOUND", self._error_code(reply.body))
         else:
             result = ChannelResult(Outcome.UNKNOWN, "BANK_ERROR", self._error_code(reply.body) or str(reply.status))
-        metrics.POLLS.labels(self.name, result.outcome.value).inc()
-        return self._done("query", started, result)
+        return result
 
     # ---- statements and callbacks
     async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
@@ -241,15 +243,11 @@ class TransferAdapter:
         try:
             self.settings.keys.verify("POST", self.settings.callback_path, headers, body, now=time.time(),
                                       nonces=self._callback_nonces, window_s=self.settings.window_s)
-            event = callback_event(parse_notification(load_json(body)))
+            return callback_event(parse_notification(load_json(body)))
         except SignatureError as exc:
-            metrics.CALLBACKS.labels(self.name, exc.reason).inc()
             raise CallbackRejected(exc.reason, f"callback rejected: {exc}") from None
         except WireError as exc:
-            metrics.CALLBACKS.labels(self.name, "MALFORMED").inc()
             raise CallbackRejected("MALFORMED", f"callback rejected: {exc}") from None
-        metrics.CALLBACKS.labels(self.name, "ACCEPTED").inc()
-        return event
 
     def callback_response(self, accepted: bool) -> tuple[int, bytes, Mapping[str, str]]:
         # The bank redelivers until it sees a 2xx; a rejected callback must not get one.
@@ -273,7 +271,7 @@ class TransferAdapter:
         return WireAccount(bank_code=account.bank_code, name=account.holder_name, number=number,
                            last4=account.account_last4)
 
-    async def _post_transfer(self, flow: str, path: str, body: bytes, instruction_id: str, amount: int,
+    async def _post_transfer(self, path: str, body: bytes, instruction_id: str, amount: int,
                              currency: str, direction: str) -> ChannelResult:
         reply = await self._exchange("POST", path, body, self._timeout)
         if isinstance(reply, ChannelResult):
@@ -313,12 +311,13 @@ class TransferAdapter:
     async def _exchange(self, method: str, path: str, body: bytes,
                         timeout: aiohttp.ClientTimeout) -> _Reply | ChannelResult:
         """One signed request and its verified reply, or the outcome its failure implies."""
+        path = self._prefix + path  # the path the bank sees, a base_url prefix included
         headers = self.settings.keys.sign(method, path, body)
         if body:
             headers["Content-Type"] = "application/json"
         metrics.IN_FLIGHT.labels(self.name).inc()
         try:
-            url = URL(self.settings.base_url + path, encoded=True)  # the path exactly as signed
+            url = URL(self._origin + path, encoded=True)  # the path exactly as signed
             async with self._client().request(method, url, data=body or None, headers=headers, timeout=timeout,
                                               allow_redirects=False) as resp:
                 raw = await resp.read()

@@ -35,7 +35,7 @@ class TransferSettings:
     connect_timeout_ms: int = 2_000
     statement_timeout_ms: int = 30_000
     callback_url: str = ""  # sent with each transfer; the bank POSTs its notifications there
-    callback_path: str = "/callbacks/transfer"  # the path the bank signs callbacks over
+    callback_path: str = "/callbacks/transfer"  # the path the bank signs callbacks over (see from_config)
     accounts: Mapping[str, str] = field(default_factory=dict, repr=False)  # "BANK:last4" -> full number
     window_s: int = WINDOW_S
     max_connections: int = 32
@@ -82,7 +82,8 @@ class TransferSettings:
             fees=fees, timeout_ms=_int(s, "timeout_ms", "timeout_ms", 10_000),
             connect_timeout_ms=_int(s, "connect_timeout_ms", "connect_timeout_ms", 2_000),
             statement_timeout_ms=_int(s, "statement_timeout_ms", "statement_timeout_ms", 30_000),
-            callback_url=callback_url, callback_path=callback_path or "/callbacks/transfer",
+            # The financial gateway's callback listener serves /callbacks/<channel name>.
+            callback_url=callback_url, callback_path=callback_path or f"/callbacks/{config.name}",
             accounts=dict(accounts), window_s=_int(s, "window_s", "window_s", WINDOW_S),
             max_connections=_int(s, "max_connections", "max_connections", 32),
         )
