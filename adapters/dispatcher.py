@@ -66,8 +66,8 @@ def answer_of(result: ChannelResult) -> ChannelAnswer:
 
 
 def object_id_of(instruction_id: str) -> str:
-    """`pay_x.2` -> `pay_x`: instruction ids are the payment or refund id plus the attempt."""
-    return instruction_id.split(".", 1)[0]
+    """`pay_x-2` -> `pay_x`: instruction ids are the payment or refund id, "-", the attempt."""
+    return instruction_id.split("-", 1)[0]
 
 
 class FinancialGateway:

@@ -38,7 +38,7 @@ class ChannelAnswer:
 class Instruction:
     """One movement of real money, as a channel needs it.
 
-    `instruction_id` is unique per attempt on a channel (payment id + "." + attempt)
+    `instruction_id` is unique per attempt on a channel (payment id + "-" + attempt)
     and is what the channel deduplicates on; `object_id` is the payment or refund.
     """
 

@@ -126,8 +126,9 @@ class Payment:
 
     @property
     def instruction_id(self) -> str:
-        """What the channel deduplicates on: unique per attempt."""
-        return f"{self.payment_id}.{self.attempt}"
+        """What the channel deduplicates on: unique per attempt. "-" joins them because
+        channels limit the alphabet (WeChat-style out_trade_no: [A-Za-z0-9_-|*], 6..32)."""
+        return f"{self.payment_id}-{self.attempt}"
 
     def moved(self, status: PaymentStatus, now_ns: int, **changes: object) -> Payment:
         return replace(self, status=status, updated_at_ns=now_ns, version=self.version + 1, **changes)  # type: ignore[arg-type]

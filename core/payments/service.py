@@ -520,7 +520,7 @@ class PaymentService:
     def _instruction(self, payment: Payment, kind: str = "pay") -> Instruction:
         if kind == "reverse":
             return Instruction(
-                instruction_id=f"{payment.instruction_id}.rev", object_id=payment.payment_id, kind="reverse",
+                instruction_id=f"{payment.instruction_id}r", object_id=payment.payment_id, kind="reverse",
                 merchant_id=payment.merchant_id, asset=payment.asset, amount=payment.amount,
                 currency=payment.currency, channel=payment.channel, original_instruction_id=payment.instruction_id,
                 channel_reference=payment.channel_reference)
@@ -533,7 +533,7 @@ class PaymentService:
 
     def _refund_instruction(self, payment: Payment, refund: Refund) -> Instruction:
         return Instruction(
-            instruction_id=f"{refund.refund_id}.1", object_id=refund.refund_id, kind="refund",
+            instruction_id=f"{refund.refund_id}-1", object_id=refund.refund_id, kind="refund",
             merchant_id=refund.merchant_id, asset=payment.asset, amount=refund.amount, currency=refund.currency,
             channel=payment.channel, original_instruction_id=payment.instruction_id,
             channel_reference=payment.channel_reference)

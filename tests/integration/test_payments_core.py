@@ -278,7 +278,7 @@ async def test_not_submitted_moves_to_the_next_channel_and_nothing_else_does(db_
         done = await service.get_payment(p.payment_id)
         assert (done.channel, done.attempt) == ("b", 2)
         assert [(i.channel, i.instruction_id) for i in channel.submitted] == [
-            ("a", f"{p.payment_id}.1"), ("b", f"{p.payment_id}.2")]
+            ("a", f"{p.payment_id}-1"), ("b", f"{p.payment_id}-2")]
         a, b = await service.ledger.lookup_accounts([receivable_account("a", "CNY").id,
                                                      receivable_account("b", "CNY").id])
         assert (a.debits_pending, a.debits_posted) == (0, 0)
