@@ -20,7 +20,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(listen=args.listen, db=args.db, metrics_port=args.metrics_port,
                           metrics_host=args.metrics_host, grace_s=args.grace, config_path=args.config,
                           channel=args.channel, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          tls_client_ca=args.tls_client_ca)
+                          tls_client_ca=args.tls_client_ca, callback_host=args.callback_host,
+                          callback_port=args.callback_port)
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve TLS with this certificate (PEM); needs --tls-key and --tls-client-ca")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mTLS: required)")
+    serve.add_argument("--callback-host", default="127.0.0.1", help="where channels' callbacks are received")
+    serve.add_argument("--callback-port", type=int, default=0,
+                       help="port of the callback listener (with [[channels]] configured); 0 picks a free one")
     serve.add_argument("--channel", choices=("none", "scripted"), default="none",
                        help="how external payments reach the fund flow: none (refused) or scripted (answered "
                             "in-process, for development)")
