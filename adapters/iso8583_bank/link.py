@@ -328,6 +328,9 @@ class Link:
             code = reply.get("39")
         except (NotSent, NoAnswer) as exc:
             code = exc.reason
+        except BaseException:  # cancelled (closing) mid sign-on: do not leave the socket behind
+            self._drop(conn, abort=True)
+            raise
         self._record("sign_on", "SUCCEEDED" if code == "00" else "FAILED", started)
         if code != "00":
             self._drop(conn, abort=True)

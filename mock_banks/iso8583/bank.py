@@ -21,7 +21,8 @@ Card-bank choices for the uniform profile:
   connections are refused. `duplicate_callback_rate` is accepted and ignored: card banks do
   not call back.
 - A request with a bad MAC is answered 63 (security violation), properly MACed, and not
-  booked. Faults apply to financial messages and status queries, not to sign-on and echo.
+  booked. Latency and faults apply to financial messages and status queries; sign-on and echo
+  are answered at once by the bank's front end (unless `outage`).
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ class Bank:
         self.book: dict[tuple[str, str], Entry] = {}
         self.by_reference: dict[str, Entry] = {}
         self.stats = Stats()
+        self._pending: list[Entry] = []  # entries answered 09, until they settle
+        self._refunds: dict[str, list[Entry]] = {}  # original reference -> its refunds
         self._rrn = self.rng.randrange(10_000, 99_999) * 10_000_000
 
     # ---- randomness and time
@@ -171,14 +174,23 @@ class Bank:
         return datetime.now(timezone.utc).date().isoformat()
 
     def settle_due(self) -> None:
+        if not self._pending:
+            return
         now = time.monotonic()
-        for entry in self.book.values():
-            if entry.status == "PENDING" and entry.settle_at <= now:
+        for entry in list(self._pending):
+            if entry.status != "PENDING":  # voided by a reversal meanwhile
+                self._pending.remove(entry)
+            elif entry.settle_at <= now:
                 entry.status = "SUCCEEDED" if entry.final_code == "00" else "FAILED"
                 entry.response_code = entry.final_code
+                self._pending.remove(entry)
 
     def _book(self, entry: Entry) -> Entry:
         self.book[(entry.instruction_id, entry.kind)] = entry
+        if entry.status == "PENDING":
+            self._pending.append(entry)
+        if entry.kind == "refund":
+            self._refunds.setdefault(entry.original_reference, []).append(entry)
         if entry.reference:
             self.by_reference[entry.reference] = entry
         return entry
@@ -252,8 +264,8 @@ class Bank:
         if original is None or original.status != "SUCCEEDED" or original.currency != currency:
             code = "12"
         else:
-            refunded = sum(e.amount for e in self.book.values() if e.kind == "refund" and e.status in
-                           ("SUCCEEDED", "PENDING") and e.original_reference == original.reference)
+            refunded = sum(e.amount for e in self._refunds.get(original.reference, ())
+                           if e.status in ("SUCCEEDED", "PENDING"))
             code = "13" if refunded + amount > original.amount or amount <= 0 else "00"
         entry = Entry(iid, "refund", amount, currency, "SUCCEEDED" if code == "00" else "FAILED", self._next_rrn(), 0,
                       self.today(), code, payment_id=tlv.get("PI", ""),

@@ -287,7 +287,7 @@ async def test_echo_detects_a_silent_dead_link(key_file: Path) -> None:
     finally:
         await adapter.close()
         server.close()
-        await wait_for(lambda: active == 0)
+        await wait_for(lambda: active == 0)  # closing leaves no socket behind, even one mid sign-on
 
 
 async def test_answers_the_bank_gives(adapter: Iso8583BankAdapter, mock: MockBankProcess) -> None:
