@@ -4,7 +4,8 @@ The server runs `python -m dualflow.gateway.cli serve --listen 127.0.0.1:0`, so
 client and server do not share one interpreter lock; it announces itself with
 one line `dualflow listening grpc=HOST:PORT ...`, which gives the real port.
 Its stderr goes to a log file whose tail is shown if it fails. `config` passes
-a platform TOML file (`--config`: merchants, callers, vault keys).
+a platform TOML file (`--config`: merchants, callers, vault keys); `serve_args` are
+further `dualflow serve` options (e.g. `--callback-port N` for the channels' callbacks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -28,10 +30,12 @@ class ServerFailed(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, db: str, *, grace_s: float = 5.0, config: str | None = None) -> None:
+    def __init__(self, db: str, *, grace_s: float = 5.0, config: str | None = None,
+                 serve_args: Sequence[str] = ()) -> None:
         self.db = db
         self.grace_s = grace_s
         self.config = config
+        self.serve_args = tuple(serve_args)
         self.address = ""
         self._proc: asyncio.subprocess.Process | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="dualflow-bench-server-", suffix=".log", delete=False)
@@ -40,7 +44,7 @@ class ServerProcess:
         config = ("--config", self.config) if self.config is not None else ()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dualflow.gateway.cli", "serve",
-            "--listen", "127.0.0.1:0", "--db", self.db, "--grace", str(self.grace_s), *config,
+            "--listen", "127.0.0.1:0", "--db", self.db, "--grace", str(self.grace_s), *config, *self.serve_args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=self._log,
         )
         assert self._proc.stdout is not None
@@ -73,6 +77,11 @@ class ServerProcess:
         if proc.returncode not in (0, -signal.SIGTERM):
             raise ServerFailed(f"the server exited with {proc.returncode}:\n{self.log_tail()}")
         Path(self._log.name).unlink(missing_ok=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (for profilers and /proc readers)."""
+        return None if self._proc is None else self._proc.pid
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the server process has used so far; None where /proc is missing."""
