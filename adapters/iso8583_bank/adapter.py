@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from dualflow.adapters.contract import (
+    CallbackEvent,
     Capabilities,
     ChannelConfig,
     ChannelResult,
@@ -145,7 +146,7 @@ class Iso8583BankAdapter:
         started = time.perf_counter()
         return self._done("query", await self._query(request), started)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Any:
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
         raise FlowNotSupported(self.name, Flow.CALLBACK)  # card banks do not call back
 
     def callback_response(self, accepted: bool) -> tuple[int, bytes, Mapping[str, str]]:
