@@ -40,8 +40,8 @@ from dualflow.adapters.contract import (
 from dualflow.core.payments.model import Asset
 
 from . import transformers
-from .link import Link, LinkSettings, NoAnswer, NotSent
-from .metrics import LATENCY, POLLS, REQUESTS, REVERSALS
+from .link import Link, LinkSettings, NoAnswer, NotSent, log
+from .metrics import LATENCY, REQUESTS
 from .spec import CURRENCY_NUMERIC, NETWORK, PURCHASE_OR_REFUND, REVERSAL
 
 STATEMENT_HEADER = ["business_date", "instruction_id", "reference", "kind", "amount", "currency", "status", "fee"]
@@ -156,15 +156,21 @@ class Iso8583BankAdapter:
         if not self._statement_url:
             raise FlowNotSupported(self.name, Flow.STATEMENT)
         date.fromisoformat(business_date)
+        started, outcome = time.perf_counter(), Outcome.FAILED
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
                 async with session.get(f"{self._statement_url}/statement", params={"date": business_date}) as resp:
                     if resp.status != 200:
                         raise StatementError(f"channel {self.name!r}: statement for {business_date}: HTTP {resp.status}")
                     text = await resp.text()
+            lines = parse_statement(text)
+            outcome = Outcome.SUCCEEDED
         except aiohttp.ClientError as exc:
             raise StatementError(f"channel {self.name!r}: statement for {business_date}: {exc}") from exc
-        for line in parse_statement(text):
+        finally:  # the one flow the financial gateway does not count for us
+            REQUESTS.labels(self.name, Flow.STATEMENT.value, outcome.value).inc()
+            LATENCY.labels(self.name, Flow.STATEMENT.value).observe(time.perf_counter() - started)
+        for line in lines:
             yield line
 
     # ---- helpers
@@ -206,14 +212,12 @@ class Iso8583BankAdapter:
         return transformers.result(reply, instruction_id=instruction_id, amount=amount)
 
     def _done(self, flow: str, result: ChannelResult, started: float) -> ChannelResult:
-        REQUESTS.labels(self.name, flow, result.outcome.value).inc()
-        if flow == "reverse":
-            REVERSALS.labels(self.name, result.outcome.value).inc()
-        elif flow == "query":
-            POLLS.labels(self.name, result.outcome.value).inc()
-        LATENCY.labels(self.name, flow).observe(time.perf_counter() - started)
+        # Requests, latency, polls and reversals of the contract's flows are counted once, by
+        # the financial gateway around every adapter call (adapters/dispatcher.py); counting
+        # them here too would double them. Here: only the debug log of the outcome.
+        log.debug("channel %s: %s -> %s %s %s (%.1f ms)", self.name, flow, result.outcome.value, result.reason,
+                  result.channel_code, (time.perf_counter() - started) * 1000)
         return result
-
 
 def parse_statement(text: str) -> list[StatementLine]:
     rows = list(csv.reader(io.StringIO(text)))

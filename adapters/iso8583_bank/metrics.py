@@ -2,9 +2,12 @@
 data, keys or instruction ids in labels (`flow`, `outcome` and `why` are closed sets).
 
 Requests, latency, in-flight, reversals and polls are the metrics every adapter shares
-(`dualflow.adapters.metrics`). The link's own (connected, reconnects, bad MACs, unmatched
-replies) are defined here, looked up instead of created when a module loaded earlier already
-registered the name (prometheus_client refuses a name twice).
+(`dualflow.adapters.metrics`). The financial gateway counts requests, latency, polls and
+reversals around every call of the contract's flows; this adapter adds what only it sees:
+requests and latency of `echo`, `sign_on` and `statement`, messages in flight on the link, and
+the link's own metrics (connected, reconnects, bad MACs, unmatched replies), defined here and
+looked up instead of created when a module loaded earlier already registered the name
+(prometheus_client refuses a name twice).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from dualflow.adapters.metrics import IN_FLIGHT, POLLS, REQUEST_SECONDS, REQUESTS, REVERSALS
+from dualflow.adapters.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS
 
-__all__ = ["BAD_MACS", "CONNECTED", "IN_FLIGHT", "LATENCY", "POLLS", "RECONNECTS", "REQUESTS", "REVERSALS",
-           "UNMATCHED"]
+__all__ = ["BAD_MACS", "CONNECTED", "IN_FLIGHT", "LATENCY", "RECONNECTS", "REQUESTS", "UNMATCHED"]
 
 LATENCY = REQUEST_SECONDS
 

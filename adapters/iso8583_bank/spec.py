@@ -12,7 +12,8 @@ Messages this channel uses (request -> reply):
 
 The status query is private: ISO 8583 has no standard "what became of transaction X". We send
 0800 with DE 70 = 900 and DE 48 naming the instruction (II) and its kind (QK: pay, refund,
-reverse), plus the RRN (OR) when known; the bank answers 0810 from its book, with DE 39 the
+reverse), plus the RRN (OR) when known; for QK=reverse, II is the reversed payment's instruction
+id (as in the 0400) or else OR its RRN. The bank answers 0810 from its book, with DE 39 the
 response code that transaction stands at now (00, 05, 51, 09 while in progress, RV if it was
 reversed, 25 when the bank has no record), DE 37 its RRN, DE 4 its amount and DE 28 its fee.
 A network message keeps queries off the financial path: it books nothing and can never be

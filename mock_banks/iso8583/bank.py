@@ -309,6 +309,8 @@ class Bank:
         entry = self.book.get((tlv.get("II", ""), kind))
         if entry is None and tlv.get("OR"):
             candidate = self.by_reference.get(tlv["OR"])
+            if candidate is not None and kind == "reverse" and candidate.kind == "pay":
+                candidate = self.book.get((candidate.instruction_id, "reverse"))  # OR names what was reversed
             entry = candidate if candidate is not None and candidate.kind == kind else None
         reply = self._echo(request, 7, 11, 70)
         reply[48] = tlv_build({"II": tlv.get("II", ""), "QK": kind})
