@@ -170,6 +170,9 @@ class Capabilities:
     max_amount: int = 2**63 - 1
     bin_ranges: tuple[tuple[str, str], ...] = ()  # inclusive (low, high) prefixes; empty: any card
     fees: Mapping[str, FeeSchedule] = field(default_factory=dict)  # by currency
+    # Whether the adapter itself carries the card number (a card bank: DE 2). Only then does
+    # the dispatcher reveal it from the vault; a PSP that collects the card itself never sees it.
+    needs_card_number: bool = False
 
     def accepts(self, asset: Asset, currency: str, amount: int, bin6: str = "") -> bool:
         if asset not in self.assets or currency not in self.currencies:

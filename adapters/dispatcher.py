@@ -131,7 +131,8 @@ class FinancialGateway:
                 original_reference=instruction.channel_reference, amount=instruction.amount,
                 currency=instruction.currency))
         else:
-            result = await adapter.submit(await self._pay_instruction(instruction))
+            reveal = adapter.describe().needs_card_number
+            result = await adapter.submit(await self._pay_instruction(instruction, reveal_card=reveal))
         self._observe(adapter.name, instruction.kind, result, started)
         return answer_of(result)
 
@@ -162,9 +163,9 @@ class FinancialGateway:
             raise LookupError(f"channel {channel!r} is not configured")
         return adapter
 
-    async def _pay_instruction(self, instruction: Instruction) -> PayInstruction:
+    async def _pay_instruction(self, instruction: Instruction, *, reveal_card: bool) -> PayInstruction:
         card = None
-        if instruction.card_token:
+        if instruction.card_token and reveal_card:
             if self.cards is None:
                 raise LookupError("a card payment needs the vault")
             ref = await self.cards.card(instruction.card_token)

@@ -95,7 +95,7 @@ class Iso8583BankAdapter:
             flows.add(Flow.STATEMENT)
         return Capabilities(channel=self.name, assets=frozenset({Asset.BANK_CARD}), currencies=self._currencies,
                             flows=frozenset(flows), min_amount=self._min_amount, max_amount=self._max_amount,
-                            bin_ranges=self._bin_ranges, fees=dict(self._fees))
+                            bin_ranges=self._bin_ranges, fees=dict(self._fees), needs_card_number=True)
 
     async def start(self) -> None:
         await self._link.start()

@@ -168,3 +168,26 @@ async def test_bank_transfer_settles_by_callback_and_a_restart_mid_polling_loses
     finally:
         await platform.stop()
         sandbox.banks[RAIL].set_profile(pending_rate=0.0)
+
+
+async def test_the_card_number_reaches_only_the_card_bank(platform: Platform) -> None:
+    assert platform.gateway is not None
+    seen: dict[str, object] = {}
+    for name, adapter in platform.gateway.adapters.items():
+        original = adapter.submit
+
+        async def spy(instruction, _original=original, _name=name):  # noqa: ANN001, ANN202
+            seen[_name] = instruction.card
+            return await _original(instruction)
+
+        adapter.submit = spy  # type: ignore[method-assign]
+    from dualflow.core.payments.dispatch import Instruction
+
+    assert platform.vault is not None
+    card = await platform.vault.tokenize(VISA, 12, 2031)
+    for channel in (CARD, PSP):
+        await platform.gateway.submit(Instruction(
+            instruction_id=f"pay_{channel[:4]}x-1", object_id=f"pay_{channel[:4]}x", kind="pay", merchant_id="shop",
+            asset=Asset.BANK_CARD, amount=1_000, currency="CNY", channel=channel, card_token=card.token))
+    assert seen[CARD] is not None and seen[CARD].pan == VISA  # type: ignore[attr-defined]
+    assert seen[PSP] is None
