@@ -31,6 +31,9 @@ Cases:
 - `card_iso8583_c64`: 64 payments in flight (closed loop: each worker makes its
   next payment as soon as its previous one is final);
 - `card_iso8583_c1`: one payment at a time (latency of one card payment);
+- `card_iso8583_offered_<N>`: new payments offered at N per second whatever
+  the answers do (open loop, N about half the c64 rate), latency from each
+  payment's scheduled send time to its final state;
 - `card_psp_c64`: 64 in flight through the PSP, on its own server;
 - `empty_rpc_c64`, `empty_rpc_c1`: `grpc.health.v1.Health/Check` on the card
   bank's server and channel, the RPC ceiling.
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -69,7 +73,7 @@ from dualflow.core.payments.accounts import Party, fee_account, fee_for, holding
 from dualflow.core.payments.model import Asset, PaymentStatus
 
 from . import load
-from .payments import FEE_BPS, MERCHANT, PaymentsReport, Steps, write_config
+from .payments import FEE_BPS, MERCHANT, PaymentsReport, Steps, open_loop, write_config
 from .report import Case, Ratio, percentile_ms, progress_bar, source_version, stderr_console
 from .scratch import ScratchLedgers
 from .server_process import ServerFailed, ServerProcess
@@ -79,6 +83,7 @@ CARDS = 64  # distinct cards tokenized before the clock starts; payment i pays w
 USERS = 1_000  # payment i comes from user i mod USERS (card payments open no user account)
 AMOUNT_MIN, AMOUNT_SPAN = 100, 9_901  # payment i pays AMOUNT_MIN + i % AMOUNT_SPAN minor units
 WATCH_TIMEOUT_S = 60.0  # a payment not final this long after CreatePayment fails the bench
+OFFERED_FRACTION = 0.5
 
 CREATE_PAYMENT = "/dualflow.v1.PaymentGateway/CreatePayment"
 WATCH_PAYMENT = "/dualflow.v1.PaymentGateway/WatchPayment"
@@ -369,7 +374,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> PaymentsReport:
         1  # mock banks
         + 3  # card bank server: start + tokenize, warm-up, stop + check
         + 2 * plan.rounds  # card c64 vs empty c64, alternating
-        + 2  # card c1, empty c1
+        + 3  # card c1, offered, empty c1
         + 4  # PSP server: start + tokenize, warm-up, c64, stop + check
     )
     scratch.open()
@@ -444,8 +449,11 @@ async def _channel_phase(plan: Plan, report: PaymentsReport, steps: Steps, scrat
                         pay_runs.append(await _card_case(plan.case_s, kind, procs, workload, 64, steps))
                     else:
                         empty_runs.append(await _empty_case(plan, procs, api, 64, steps))
-            report.cases.append(_best(pay_runs))
+            best = _best(pay_runs)
+            report.cases.append(best)
             report.cases.append(await _card_case(plan.c1_s, kind, procs, workload, 1, steps))
+            report.cases.append(await _offered_case(plan.case_s, _offered_rate(best.rate_per_s), procs, workload,
+                                                    steps))
             report.cases.append(_best(empty_runs))
             report.cases.append(await _empty_case(plan, procs, api, 1, steps))
         else:
@@ -473,6 +481,30 @@ async def _card_case(duration_s: float, kind: str, procs: Processes, workload: C
         create_p50_ms=_round(percentile_ms(created, 50)), create_p99_ms=_round(percentile_ms(created, 99)),
         server_p50_ms=_round(percentile_ms(server_side, 50)), server_p99_ms=_round(percentile_ms(server_side, 99)),
         **cpu)
+
+
+async def _offered_case(duration_s: float, offered: int, procs: Processes, workload: CardPayments,
+                        steps: Steps) -> Case:
+    on = steps.start(f"card payments through {workload.channel} offered at {offered:,}/s (open loop)")
+    first = len(workload.create_latencies_s), len(workload.server_latencies_s)
+    r, cpu = await procs.measured(lambda: open_loop(workload.pay, workload.new(), rate_per_s=offered,
+                                                    duration_s=duration_s, check=workload.check_final,
+                                                    on_progress=on))
+    steps.finish()
+    created = workload.create_latencies_s[first[0]:]
+    server_side = workload.server_latencies_s[first[1]:]
+    return Case.from_latencies(
+        f"card_iso8583_offered_{offered}", r.items, r.elapsed_s, r.latencies_s, offered_per_s=offered,
+        channel=workload.channel, create_p50_ms=_round(percentile_ms(created, 50)),
+        create_p99_ms=_round(percentile_ms(created, 99)), server_p50_ms=_round(percentile_ms(server_side, 50)),
+        server_p99_ms=_round(percentile_ms(server_side, 99)), **cpu)
+
+
+def _offered_rate(c64_rate: float) -> int:
+    """About OFFERED_FRACTION of the saturated rate, rounded to two significant digits (a readable name)."""
+    target = max(1.0, c64_rate * OFFERED_FRACTION)
+    digits = max(0, int(math.floor(math.log10(target))) - 1)
+    return max(1, int(round(target, -digits)))
 
 
 def _round(v: float | None) -> float | None:
@@ -551,8 +583,9 @@ async def _check_books(url: str, workload: CardPayments, book: list[dict[str, An
 # ---------------------------------------------------------------- ratios
 
 def _order_cases(report: PaymentsReport) -> None:
-    order = ["card_iso8583_c64", "card_iso8583_c1", "card_psp_c64", "empty_rpc_c64", "empty_rpc_c1"]
-    report.cases.sort(key=lambda c: order.index(c.name) if c.name in order else len(order))
+    order = ["card_iso8583_c64", "card_iso8583_c1", "card_iso8583_offered_", "card_psp_c64", "empty_rpc_c64",
+             "empty_rpc_c1"]
+    report.cases.sort(key=lambda c: next((k for k, o in enumerate(order) if c.name.startswith(o)), len(order)))
 
 
 def _ratios(report: PaymentsReport) -> None:
@@ -584,7 +617,9 @@ def _notes(plan: Plan, report: PaymentsReport) -> None:
         "channel; mock banks from gateway.sandbox with a clean profile (no faults, latency 0)")
     report.notes.append(
         f"card_iso8583_c64 and empty_rpc_c64 are the best of {plan.rounds} alternating runs (every run's rate in "
-        f"runs_rate_per_s); each card case runs {plan.case_s:g} s (c1: {plan.c1_s:g} s, empty RPC: "
+        f"runs_rate_per_s); card_iso8583_offered_N is an open loop at N/s (about {OFFERED_FRACTION:.0%} of the "
+        "best c64 rate) with latency from each payment's scheduled send time; "
+        f"each card case runs {plan.case_s:g} s (c1: {plan.c1_s:g} s, empty RPC: "
         f"{plan.empty_s:g} s); cpu_pct figures are percent of one core (server, mock bank and this client process) "
         "during the case")
     if plan.quick:
