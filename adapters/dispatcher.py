@@ -139,7 +139,9 @@ class FinancialGateway:
     async def query(self, instruction: Instruction) -> ChannelAnswer:
         adapter = self._adapter(instruction.channel)
         started = time.perf_counter()
-        request = QueryRequest(instruction.instruction_id, instruction.channel_reference, kind=instruction.kind)
+        # A reversal is known to the channel by the payment it reverses, not by an id of its own.
+        asked = instruction.original_instruction_id if instruction.kind == "reverse" else instruction.instruction_id
+        request = QueryRequest(asked, instruction.channel_reference, kind=instruction.kind)
         result = await adapter.query(request)
         metrics.POLLS.labels(adapter.name, result.outcome.value).inc()
         self._observe(adapter.name, "query", result, started)

@@ -191,3 +191,33 @@ async def test_the_card_number_reaches_only_the_card_bank(platform: Platform) ->
             asset=Asset.BANK_CARD, amount=1_000, currency="CNY", channel=channel, card_token=card.token))
     assert seen[CARD] is not None and seen[CARD].pan == VISA  # type: ignore[attr-defined]
     assert seen[PSP] is None
+
+
+async def test_an_unknown_card_authorization_is_reversed_after_its_window(
+        tmp_path: Path, sandbox: Sandbox) -> None:
+    """The reply is lost and the bank stays silent to queries about it; after the polling
+    window the gateway reverses it (0400) and the payment fails with the hold released."""
+    from dualflow.core.ledger.model import PendingStatus
+    from dualflow.core.payments.accounts import transfer_id
+
+    for bank in sandbox.banks.values():
+        bank.set_profile(lost_reply_rate=0.0, timeout_rate=0.0, decline_rate=0.0, outage=False, pending_rate=0.0)
+    platform = await start_platform(str(tmp_path / "ledger.db"), write_config(tmp_path, sandbox), sandbox)
+    platform.payments.polls = PollTiming(first_ns=50_000_000, window_ns=400_000_000)
+    try:
+        assert platform.vault is not None
+        card = await platform.vault.tokenize(VISA, 12, 2031)
+        sandbox.banks[CARD].set_profile(timeout_rate=1.0)  # nothing processed, nothing answered
+        p = await platform.payments.create_payment(card_payment("rv1", card.token, 7_700))
+        await until(platform, p.payment_id, PaymentStatus.UNKNOWN, PaymentStatus.FAILED)
+        sandbox.banks[CARD].set_profile(timeout_rate=0.0)
+        await until(platform, p.payment_id, PaymentStatus.FAILED)
+        done = await platform.payments.get_payment(p.payment_id)
+        assert done.failure_reason == "REVERSED_AFTER_UNKNOWN"
+        [hold] = await platform.ledger.lookup_transfers([transfer_id(p.payment_id, "hold")])
+        assert hold.pending_status == PendingStatus.VOIDED
+        lines = {b["kind"]: b for b in sandbox.banks[CARD].book() if b["instruction_id"] == p.instruction_id}
+        assert "reverse" in lines, "the bank booked the reversal"
+        assert lines.get("pay", {}).get("status") != "SUCCEEDED", lines  # the money never moved
+    finally:
+        await platform.stop()
