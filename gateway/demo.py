@@ -1,65 +1,186 @@
-"""`dualflow demo`: a shop's day on the whole platform, end to end over real gRPC.
+"""`dualflow demo`: a shop's day on the whole platform, end to end over real gRPC and real banks.
 
-This module is the platform's side: it writes a config (two merchants, the shop backend's API
-key stored only as a hash, a back-office reader, fresh vault keys), starts a `Platform` on a
-temporary SQLite database on loopback with a sandbox bank (a scripted channel that answers
-late, unclearly or with a decline), lets the shop (gateway/demo_shop.py, a plain gRPC client)
-play its day, reads the books through the Ledger API as the back office, prints it all as
-tables and stops. It ends by itself in a few seconds and exits non-zero if a check fails.
+This module is the platform's side: it starts the sandbox (the three mock banks of
+gateway/sandbox.py as their own processes, seeded: the ISO 8583 card bank, the PSP and the bank
+transfer rail), writes a config (two merchants, the shop backend's API key stored only as a
+hash, a back-office reader, fresh vault keys, the sandbox's `[[channels]]`), starts a `Platform`
+on a temporary SQLite database on loopback with its callback listener where the banks call back,
+lets the shop (gateway/demo_shop.py, a plain gRPC client) play its day, and acts as the
+sandbox's operator meanwhile: through the mock banks' admin endpoints it gives each top-up its
+own trouble (a refused connection, a lost reply, a decline, answers that come later by callback)
+and lifts it again. In the evening it reads the books through the Ledger API as the back office,
+the channel metrics from the platform's Prometheus registry and each mock bank's own book, prints
+it all as tables and stops, mock banks included (also on errors and Ctrl-C). It ends by itself
+in about ten seconds and exits non-zero if a check fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import logging
 import os
+import signal
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from prometheus_client import REGISTRY
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dualflow.adapters.scripted import PENDING, SUCCEEDED, UNKNOWN, Plan, ScriptedChannel, failed
+from dualflow.adapters.dispatcher import object_id_of
 from dualflow.core.money import format_minor
 from dualflow.core.payments.accounts import Party, fee_account, holding_account, receivable_account
-from dualflow.core.payments.dispatch import Instruction
 from dualflow.core.payments.model import Asset
+from dualflow.core.payments.procedures import PollTiming
 from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2
 
 from . import demo_shop
 from .config import generate_api_key, hash_api_key
-from .demo_shop import CNY, CUSTOMERS, STOREFRONTS, Day, asset_name, status_name
+from .demo_shop import CNY, CUSTOMERS, STOREFRONTS, Day, Say, TopUp, TopUpSpec, asset_name, status_name
+from .sandbox import NAMES, Sandbox
 from .server import Platform, ServerConfig
 
-# The bank takes a moment to acknowledge, so the shop's watch sees PROCESSING before the answer.
-BANK_ACK_S = 0.2
+# The mock banks draw every random decision from this seed: the same seed, the same day.
+SEED = 7
+CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
+CHANNELS = (CARD, PSP, RAIL)
+KINDS = {CARD: "card bank, ISO 8583", PSP: "PSP, signed HTTP", RAIL: "bank transfer rail"}
 # Wide enough for the tables when the output is not a terminal (a pipe, a test, CI logs).
-PIPE_WIDTH = 120
+PIPE_WIDTH = 160
+# Polling, tightened for a short day: the first query a little after a payment went PENDING or
+# UNKNOWN (after the PSP's and the rail's callbacks are due, so those resolve by callback), then
+# the platform's backoff. The window is long: nothing here should be left to reversal.
+POLL_FIRST_NS = 1_000_000_000
+POLL_WINDOW_NS = 3600 * 10**9
+POLL_TICK_S = 0.05
+
+# Every bank answers, correctly and after a short moment (so the shop's watch sees PROCESSING first).
+FAIR: dict[str, Any] = {
+    "latency_ms": 150, "jitter_ms": 0, "decline_rate": 0.0, "insufficient_funds_rate": 0.0, "timeout_rate": 0.0,
+    "lost_reply_rate": 0.0, "late_reply_ms": 0, "pending_rate": 0.0, "duplicate_callback_rate": 0.0,
+    "bad_signature_rate": 0.0, "outage": False,
+}
 
 
-def sandbox_bank(instruction: Instruction) -> Plan:
-    """How the sandbox bank answers, by amount (see demo_shop.SANDBOX_*)."""
-    if instruction.amount == demo_shop.SANDBOX_LATE_AMOUNT:
-        # The submit times out: nobody knows whether the card was charged. The payment is UNKNOWN
-        # until a poll asks the bank and hears it was.
-        return Plan(on_submit=UNKNOWN, final=SUCCEEDED, settle_after_s=1.0, submit_delay_s=BANK_ACK_S)
-    if instruction.amount == demo_shop.SANDBOX_DECLINED_AMOUNT:
-        return Plan(on_submit=PENDING, final=failed("CARD_DECLINED"), settle_after_s=0.3,
-                    submit_delay_s=BANK_ACK_S)
-    return Plan(on_submit=PENDING, final=SUCCEEDED, settle_after_s=0.3, submit_delay_s=BANK_ACK_S)
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Trouble at the banks for one top-up: profile changes per bank, lifted when the top-up has
+    ended, or earlier with `lift_once_booked`: as soon as the bank's book shows the payment (the
+    bank decided what to do with that message when it arrived; the next one finds the fault gone)."""
+
+    what: str
+    banks: Mapping[str, Mapping[str, Any]]
+    lift_once_booked: bool = False
+    lifted: str = ""  # what to say when it is lifted, if not "back to fair weather"
+
+
+# By trade order (demo_shop.TOP_UPS): one kind of trouble each.
+FAULTS: dict[str, Fault] = {
+    "TOPUP-alice": Fault(
+        f"{CARD} refuses connections (outage); {PSP} will answer only later, by callback",
+        {CARD: {"outage": True}, PSP: {"pending_rate": 1.0, "settle_after_ms": 300}}),
+    # Lifted once booked: the platform's first poll may come as soon as the payment is UNKNOWN.
+    "TOPUP-bob": Fault(f"{CARD} books the next payment but its reply is lost", {CARD: {"lost_reply_rate": 1.0}},
+                       lift_once_booked=True,
+                       lifted=f"{CARD} has booked it (its reply stays lost); later messages are answered again"),
+    "TOPUP-carol": Fault(f"{CARD} declines the next card", {CARD: {"decline_rate": 1.0}}),
+    "TOPUP-carol-2": Fault(f"{RAIL} accepts the transfer and settles it later, by callback",
+                           {RAIL: {"pending_rate": 1.0, "settle_after_ms": 300}}),
+}
+
+
+def _gauge(name: str, channel: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"channel": channel})
+
+
+class SandboxOperator:
+    """demo_shop.BankWeather over the sandbox: FAULTS through each mock bank's admin endpoint."""
+
+    def __init__(self, sandbox: Sandbox, say: Say) -> None:
+        self.sandbox = sandbox
+        self.say = say
+        self._lifted: set[str] = set()
+        self._lifting: dict[str, asyncio.Task[None]] = {}
+
+    async def _set(self, bank: str, changes: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(self.sandbox.banks[bank].set_profile, **changes)
+
+    async def fair(self) -> None:
+        for bank in self.sandbox.banks:
+            await self._set(bank, FAIR)
+
+    async def before(self, top_up: TopUpSpec) -> None:
+        fault = FAULTS.get(top_up.trade_order_id)
+        if fault is None:
+            return
+        self.say(f"sandbox: {fault.what}")
+        for bank, changes in fault.banks.items():
+            await self._set(bank, changes)
+            if changes.get("outage") and bank == CARD:
+                await self._link_down(bank)
+
+    async def _link_down(self, bank: str, timeout_s: float = 5.0) -> None:
+        """Wait until the platform's card link has noticed the cut. A payment written into the
+        connection while the bank is cutting it could have arrived: that is UNKNOWN, not the
+        refused connection (NOT_SUBMITTED) this fault is about."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while _gauge("dualflow_channel_connected", bank) != 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def seen(self, top_up: TopUpSpec, payment: payments_pb2.Payment) -> None:
+        fault = FAULTS.get(top_up.trade_order_id)
+        if fault is not None and fault.lift_once_booked and top_up.trade_order_id not in self._lifting:
+            # In the background: the shop's watch goes on meanwhile.
+            self._lifting[top_up.trade_order_id] = asyncio.create_task(
+                self._lift_once_booked(top_up, fault, payment.payment_id))
+
+    async def _lift_once_booked(self, top_up: TopUpSpec, fault: Fault, payment_id: str,
+                                timeout_s: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            booked = [await asyncio.to_thread(self.sandbox.banks[bank].book) for bank in fault.banks]
+            if any(object_id_of(line["instruction_id"]) == payment_id for book in booked for line in book):
+                break
+            await asyncio.sleep(0.02)
+        await self._lift(top_up, fault)
+
+    async def after(self, top_up: TopUpSpec) -> None:
+        fault = FAULTS.get(top_up.trade_order_id)
+        if fault is None:
+            return
+        lifting = self._lifting.pop(top_up.trade_order_id, None)
+        if lifting is not None:
+            lifting.cancel()
+            await asyncio.gather(lifting, return_exceptions=True)
+        await self._lift(top_up, fault)
+
+    async def _lift(self, top_up: TopUpSpec, fault: Fault) -> None:
+        if top_up.trade_order_id in self._lifted:
+            return
+        self._lifted.add(top_up.trade_order_id)
+        for bank, changes in fault.banks.items():
+            await self._set(bank, {k: FAIR[k] for k in changes if k in FAIR})
+        self.say(f"sandbox: {fault.lifted or ', '.join(fault.banks) + ' back to fair weather'}")
 
 
 def _key32() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def write_config(path: Path, shop_key: str, office_key: str) -> None:
-    """The platform's TOML: keys are fresh for every run and only the API keys' hashes are written."""
+def write_config(path: Path, shop_key: str, office_key: str, channels_toml: str) -> None:
+    """The platform's TOML: keys are fresh for every run and only the API keys' hashes are written;
+    the channels name key files, never key material."""
     merchants = "\n".join(
         f'[[merchants]]\nid = "{s.merchant_id}"\nname = "{s.name}"\ncurrencies = ["{CNY}"]\nfee_bps = {s.fee_bps}\n'
         for s in STOREFRONTS)
@@ -84,6 +205,8 @@ name = "back-office"
 api_key_sha256 = "{hash_api_key(office_key)}"
 merchants = ["*"]
 permissions = ["ledger.read", "payments.read"]
+
+{channels_toml}
 """)
     path.chmod(0o600)  # vault keys
 
@@ -94,7 +217,7 @@ class LedgerLine:
     account: ledger_pb2.Account
 
 
-def ledger_accounts(channel_name: str) -> list[tuple[str, int]]:
+def ledger_accounts(channel_names: Sequence[str]) -> list[tuple[str, int]]:
     """Every account the day can have touched, named for people. Ids are derived from names
     (core/payments/accounts.py), so the back office needs no lookup table to find them."""
     named = []
@@ -107,18 +230,145 @@ def ledger_accounts(channel_name: str) -> list[tuple[str, int]]:
         named.append((f"{s.merchant_id} settlement", holding_account(merchant, Asset.WALLET, CNY).id))
         named.append((f"{s.merchant_id} points issued", holding_account(merchant, Asset.POINTS, CNY).id))
     named.append(("platform fees", fee_account(CNY).id))
-    named.append((f"bank receivable ({channel_name})", receivable_account(channel_name, CNY).id))
+    for name in channel_names:
+        named.append((f"receivable from {name}", receivable_account(name, CNY).id))
     return named
 
 
-async def read_ledger(channel: grpc.aio.Channel, office_key: str, channel_name: str) -> list[LedgerLine]:
+async def read_ledger(channel: grpc.aio.Channel, office_key: str, channel_names: Sequence[str]) -> list[LedgerLine]:
     stub = ledger_pb2_grpc.LedgerStub(channel)
-    named = ledger_accounts(channel_name)
+    named = ledger_accounts(channel_names)
     reply = await stub.LookupAccounts(ledger_pb2.LookupAccountsRequest(ids=[i for _, i in named]),
                                       metadata=(("authorization", f"Bearer {office_key}"),), timeout=10)
     by_id = {a.id: a for a in reply.accounts}
     return [LedgerLine(name, by_id[i]) for name, i in named if i in by_id]
 
+
+# ---- the channels, as the platform counted them and as the banks booked them
+
+def channel_metrics() -> Counter[tuple[str, str, str]]:
+    """(metric, channel, outcome or result) -> count, from the platform's Prometheus registry (it
+    lives in this process): pay requests by outcome, polls by outcome, callbacks by result."""
+    wanted = {"dualflow_channel_requests_total": "outcome", "dualflow_channel_polls_total": "outcome",
+              "dualflow_channel_callbacks_total": "result"}
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            label = wanted.get(sample.name)
+            if label is None or sample.labels.get("flow", "pay") != "pay":
+                continue
+            counts[(sample.name, sample.labels["channel"], sample.labels[label])] += int(sample.value)
+    return counts
+
+
+@dataclass(slots=True)
+class ChannelRow:
+    name: str
+    payments: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    unknown_resolved: int = 0  # WatchPayment showed UNKNOWN, then a final state
+    never_sent: int = 0  # pay requests answered NOT_SUBMITTED (the payment moved to the next channel)
+    answered_final: int = 0  # pay requests answered SUCCEEDED or FAILED at once
+    answered_pending: int = 0  # pay requests accepted, final later (PENDING)
+    answered_unknown: int = 0  # pay requests without a trustworthy answer (UNKNOWN)
+    polls: int = 0
+    polls_final: int = 0  # polls answered SUCCEEDED or FAILED
+    callbacks: int = 0  # accepted (verified)
+    callbacks_rejected: int = 0
+
+
+def channel_rows(day: Day, metrics: Counter[tuple[str, str, str]]) -> list[ChannelRow]:
+    rows = {name: ChannelRow(name) for name in CHANNELS}
+    for p in day.payments:
+        row = rows.get(p.channel)
+        if row is None:
+            continue
+        row.payments += 1
+        row.succeeded += p.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED
+        row.failed += p.status == payments_pb2.PAYMENT_STATUS_FAILED
+    for t in day.top_ups:
+        statuses = [c.status for c in t.timeline]
+        if t.channel in rows and "UNKNOWN" in statuses and statuses[-1] in ("SUCCEEDED", "FAILED"):
+            rows[t.channel].unknown_resolved += 1
+    for (metric, channel, what), n in metrics.items():
+        row = rows.get(channel)
+        if row is None:
+            continue
+        final = what in ("SUCCEEDED", "FAILED")
+        if metric == "dualflow_channel_requests_total":
+            if what == "NOT_SUBMITTED":
+                row.never_sent += n
+            elif what == "PENDING":
+                row.answered_pending += n
+            elif what == "UNKNOWN":
+                row.answered_unknown += n
+            elif final:
+                row.answered_final += n
+        elif metric == "dualflow_channel_polls_total":
+            row.polls += n
+            row.polls_final += n if final else 0
+        elif metric == "dualflow_channel_callbacks_total":
+            if what == "ACCEPTED":
+                row.callbacks += n
+            else:
+                row.callbacks_rejected += n
+    return list(rows.values())
+
+
+@dataclass(slots=True)
+class BookCheck:
+    """One bank's book (GET /book) against our payments and refunds through that bank."""
+
+    bank: str
+    book_pay: Counter[str] = field(default_factory=Counter)  # status -> pay lines
+    book_refunds: int = 0
+    ours_pay: Counter[str] = field(default_factory=Counter)  # status -> our payments
+    ours_refunds: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def agrees(self) -> bool:
+        return not self.problems
+
+
+def check_book(bank: str, book: Sequence[Mapping[str, Any]], day: Day) -> BookCheck:
+    """Instruction by instruction: each of our payments through `bank` has exactly one pay line
+    there, for its amount, in its final state; the bank has no pay line we do not know; the same
+    for refunds. Instruction ids are our payment (or refund) id, "-", the attempt."""
+    check = BookCheck(bank)
+    ours = {p.payment_id: p for p in day.payments if p.channel == bank}
+    our_refunds = {r.refund_id: r for r in day.refunds if r.payment_id in ours}
+    lines: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for line in book:
+        if line["kind"] not in ("pay", "refund"):
+            continue
+        lines.setdefault((line["kind"], object_id_of(line["instruction_id"])), []).append(line)
+        if line["kind"] == "pay":
+            check.book_pay[line["status"]] += 1
+        else:
+            check.book_refunds += 1
+    wanted: list[tuple[str, str, str, int, str]] = [
+        ("pay", pid, p.trade_order_id, p.amount, status_name(p.status)) for pid, p in ours.items()]
+    wanted += [("refund", rid, rid, r.amount, payments_pb2.RefundStatus.Name(r.status).removeprefix("REFUND_STATUS_"))
+               for rid, r in our_refunds.items()]
+    for kind, object_id, label, amount, status in wanted:
+        if kind == "pay":
+            check.ours_pay[status] += 1
+        else:
+            check.ours_refunds += 1
+        found = lines.pop((kind, object_id), [])
+        if len(found) != 1:
+            check.problems.append(f"{label}: {len(found)} {kind} lines at {bank}")
+        elif (found[0]["amount"], found[0]["status"]) != (amount, status):
+            theirs = f"{found[0]['status']} {found[0]['amount']}"
+            check.problems.append(f"{label}: ours {status} {amount}, {bank}'s {theirs}")
+    for (kind, object_id), found in lines.items():
+        check.problems.append(f"{object_id}: {len(found)} {kind} lines at {bank} we have no record of")
+    return check
+
+
+# ---- printing
 
 def _customer(p: payments_pb2.Payment) -> str:
     """The user a payment order is about: its payer, or for points granted and top-ups its payee."""
@@ -139,17 +389,58 @@ def _console() -> Console:
     return console
 
 
-def _print_tables(console: Console, day: Day, ledger: list[LedgerLine]) -> dict[str, bool]:
+def _states(t: TopUp) -> str:
+    """The first state is CreatePayment's own answer; the rest came over WatchPayment. A change of
+    channel shows where the payment went."""
+    parts = []
+    for i, c in enumerate(t.timeline):
+        text = c.status + (f" ({c.reason})" if c.reason else "")
+        if i and c.channel != t.timeline[i - 1].channel:
+            text += f" via {c.channel}"
+        parts.append(text + (f" {c.at_s:.2f}s" if i else ""))
+    return " → ".join(parts)
+
+
+def _ok_failed(counts: Counter[str]) -> str:
+    return f"{counts['SUCCEEDED']}/{counts['FAILED']}" + (f" +{counts['PENDING']} pending" if counts["PENDING"] else "")
+
+
+def _print_tables(console: Console, day: Day, ledger: list[LedgerLine], attempts: Mapping[str, int],
+                  channels: list[ChannelRow], books: list[BookCheck]) -> dict[str, bool]:
     """Print the evening's tables; returns the trial balance verdict per currency."""
-    top_ups = Table(title="Card top-ups, as WatchPayment showed them (seconds since the request)")
-    for col in ("customer", "card", "amount", "states"):
-        top_ups.add_column(col, justify="right" if col == "amount" else "left")
+    top_ups = Table(title="Top-ups, as WatchPayment showed them (seconds since the request)",
+                    caption="attempt: the platform's record (a new attempt only after a provably unsent one)")
+    for col in ("customer", "paid with", "amount", "channel", "attempt", "states"):
+        top_ups.add_column(col, justify="right" if col in ("amount", "attempt") else "left")
     for t in day.top_ups:
-        # The first state is CreatePayment's own answer; the rest came over WatchPayment.
-        states = " → ".join(f"{s}{f' ({r})' if r else ''}{f' {at:.2f}s' if i else ''}"
-                            for i, (at, s, r) in enumerate(t.timeline))
-        top_ups.add_row(t.user_id, t.card, _amount(t.amount), states)
+        top_ups.add_row(t.user_id, t.paid_with, _amount(t.amount), t.channel, str(attempts.get(t.payment_id, "")),
+                        _states(t))
     console.print(top_ups)
+
+    table = Table(title="Channels: our payments by the channel that carried them (ListPayments, WatchPayment); "
+                        "how each channel answered (the platform's metrics)",
+                    caption="sent: how the channel answered each payment sent to it (never sent: the connection "
+                            "was refused, the payment went to the next channel)")
+    for col in ("channel", "payments", "succeeded", "failed", "unknown→resolved", "sent: final", "pending", "unknown",
+                "never sent", "polls", "polls: final", "callbacks"):
+        table.add_column(col, justify="left" if col == "channel" else "right")
+    for r in channels:
+        callbacks = str(r.callbacks) + (f" (+{r.callbacks_rejected} rejected)" if r.callbacks_rejected else "")
+        table.add_row(r.name, *map(str, (r.payments, r.succeeded, r.failed, r.unknown_resolved, r.answered_final,
+                                         r.answered_pending, r.answered_unknown, r.never_sent, r.polls,
+                                         r.polls_final)), callbacks)
+    console.print(table)
+
+    table = Table(title="The banks' own books (GET /book) against our payments through them "
+                        "(succeeded/failed)")
+    for col in ("bank", "book: pay", "book: ok/failed", "book: refunds", "ours: payments", "ours: ok/failed",
+                "ours: refunds", "per instruction"):
+        table.add_column(col, justify="left" if col in ("bank", "per instruction") else "right")
+    for b in books:
+        table.add_row(b.bank, str(sum(b.book_pay.values())), _ok_failed(b.book_pay), str(b.book_refunds),
+                      str(sum(b.ours_pay.values())), _ok_failed(b.ours_pay), str(b.ours_refunds),
+                      "[green]agree[/green]" if b.agrees else f"[red]{escape('; '.join(b.problems))}[/red]")
+    console.print(table)
 
     orders = Table(title="Payment orders (ListPayments), oldest first")
     for col in ("trade order", "customer", "merchant", "asset", "amount", "fee", "refunded", "status", "reason"):
@@ -171,9 +462,9 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine]) -> dict[
                          format_minor(by_asset["POINTS"].available, CNY))
     console.print(balances)
 
-    books = Table(title=f"The books (Ledger API, back-office key), {CNY}")
+    books_table = Table(title=f"The books (Ledger API, back-office key), {CNY}")
     for col in ("account", "debits", "credits", "pending", "credits - debits"):
-        books.add_column(col, justify="left" if col == "account" else "right")
+        books_table.add_column(col, justify="left" if col == "account" else "right")
     sums: dict[str, list[int]] = {}
     for line in ledger:
         a = line.account
@@ -183,9 +474,9 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine]) -> dict[
             total[i] += v
         pending = f"-{_amount(a.debits_pending)} +{_amount(a.credits_pending)}" \
             if a.debits_pending or a.credits_pending else ""
-        books.add_row(line.name, _amount(a.debits_posted), _amount(a.credits_posted), pending,
-                      _amount(a.credits_posted - a.debits_posted))
-    console.print(books)
+        books_table.add_row(line.name, _amount(a.debits_posted), _amount(a.credits_posted), pending,
+                            _amount(a.credits_posted - a.debits_posted))
+    console.print(books_table)
 
     counts = Table(title="Events received (SubscribeEvents from 0)")
     counts.add_column("type")
@@ -211,6 +502,32 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine]) -> dict[
     return verdicts
 
 
+def _top_up(day: Day, trade_order_id: str) -> TopUp | None:
+    return next((t for t in day.top_ups if t.trade_order_id == trade_order_id), None)
+
+
+def _rerouted_to_psp(day: Day, attempts: Mapping[str, int]) -> bool:
+    t = _top_up(day, "TOPUP-alice")
+    return t is not None and t.status == "SUCCEEDED" and t.channel == PSP and attempts.get(t.payment_id) == 2
+
+
+def _lost_reply_resolved(day: Day, channels: list[ChannelRow]) -> bool:
+    t = _top_up(day, "TOPUP-bob")
+    card = next(r for r in channels if r.name == CARD)
+    return (t is not None and t.channel == CARD and [c.status for c in t.timeline][-2:] == ["UNKNOWN", "SUCCEEDED"]
+            and card.answered_unknown > 0 and card.polls_final > 0)
+
+
+def _callbacks_resolved(day: Day, channels: list[ChannelRow]) -> bool:
+    by_name = {r.name: r for r in channels}
+    ended = [_top_up(day, "TOPUP-alice"), _top_up(day, "TOPUP-carol-2")]
+    # Each channel answered PENDING, no poll heard a final answer: the callback brought it.
+    return (all(t is not None and t.status == "SUCCEEDED" and "UNKNOWN" not in [c.status for c in t.timeline]
+                for t in ended)
+            and all(by_name[n].answered_pending > 0 and by_name[n].polls_final == 0 and by_name[n].callbacks > 0
+                    for n in (PSP, RAIL)))
+
+
 async def run_demo(console: Console | None = None) -> int:
     console = console or _console()
     started = time.monotonic()
@@ -222,26 +539,60 @@ async def run_demo(console: Console | None = None) -> int:
             console.print(f"  {time.monotonic() - started:5.2f}s  {escape(text)}")
 
     with tempfile.TemporaryDirectory(prefix="dualflow-demo-") as tmp:
-        db, config = Path(tmp) / "dualflow.db", Path(tmp) / "dualflow.toml"
-        shop_key, office_key = generate_api_key(), generate_api_key()
-        write_config(config, shop_key, office_key)
-        bank = ScriptedChannel(sandbox_bank, names=("sandbox-bank",))
-        platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), config_path=str(config),
-                                         channel="scripted", grace_s=2), dispatcher=bank)
-        await platform.start()
-        console.print(f"[bold]dualflow demo[/bold]: the platform on {platform.address}, SQLite in {tmp}\n"
-                      f"{len(STOREFRONTS)} merchants, a sandbox bank; the shop calls with a fresh API key "
-                      "(the config holds only its SHA-256)")
+        sandbox = Sandbox(Path(tmp) / "banks", seed=SEED)
+        # The mock banks run in their own sessions (a Ctrl-C in the terminal does not reach them):
+        # whatever ends this process stops them, and atexit is the last resort.
+        atexit.register(sandbox.stop)
         try:
-            async with grpc.aio.insecure_channel(platform.address) as channel:
-                day = await demo_shop.play_day(channel, shop_key, say)
-                ledger = await read_ledger(channel, office_key, bank.name)
+            try:
+                sandbox.start()
+            except RuntimeError as exc:
+                console.print(f"[bold red]dualflow demo FAILED[/bold red]: the mock banks did not start: "
+                              f"{escape(str(exc))}")
+                return 1
+            operator = SandboxOperator(sandbox, say)
+            await operator.fair()
+            db, config = Path(tmp) / "dualflow.db", Path(tmp) / "dualflow.toml"
+            shop_key, office_key = generate_api_key(), generate_api_key()
+            write_config(config, shop_key, office_key, sandbox.channels_toml())
+            platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), config_path=str(config),
+                                             callback_port=sandbox.callback_port, grace_s=2))
+            platform.payments.polls = PollTiming(first_ns=POLL_FIRST_NS, window_ns=POLL_WINDOW_NS)
+            platform.payments.poll_tick_s = POLL_TICK_S
+            metrics_before = channel_metrics()
+            await platform.start()
+            try:
+                console.print(
+                    f"[bold]dualflow demo[/bold]: the platform on {platform.address}, SQLite in {tmp}\n"
+                    f"{len(STOREFRONTS)} merchants; the shop calls with a fresh API key (the config holds only "
+                    f"its SHA-256)\nthe mock banks, each its own process, seeded with {SEED}:")
+                for name, bank in sandbox.banks.items():
+                    console.print(f"  {name:<11} {KINDS[name]:<20} 127.0.0.1:{bank.port}")
+                console.print(f"  their callbacks to the platform's listener, {sandbox.callback_base}/<channel>")
+                async with grpc.aio.insecure_channel(platform.address) as channel:
+                    day = await demo_shop.play_day(channel, shop_key, say, operator)
+                    ledger = await read_ledger(channel, office_key, CHANNELS)
+                attempts = {t.payment_id: (await platform.payments.get_payment(t.payment_id)).attempt
+                            for t in day.top_ups}
+                metrics_after = channel_metrics()
+                metrics_after.subtract(metrics_before)
+                channels = channel_rows(day, metrics_after)
+                books = [check_book(name, await asyncio.to_thread(sandbox.banks[name].book), day)
+                         for name in CHANNELS]
+            finally:
+                await platform.stop()
         finally:
-            await platform.stop()
+            sandbox.stop()
+            atexit.unregister(sandbox.stop)
 
     console.print()
-    verdicts = _print_tables(console, day, ledger)
+    verdicts = _print_tables(console, day, ledger, attempts, channels, books)
     checks = {
+        "a payment the card bank never received went to the PSP (attempt 2) and succeeded": _rerouted_to_psp(
+            day, attempts),
+        "a lost card-bank reply: UNKNOWN, then SUCCEEDED by polling": _lost_reply_resolved(day, channels),
+        "answers left pending at the PSP and the rail came by callback": _callbacks_resolved(day, channels),
+        "the banks' books agree with our payments, instruction by instruction": all(b.agrees for b in books),
         "a retried order returned the same payment (idempotency)": day.idempotent_ok,
         "a refund above what is left was refused (REFUND_EXCEEDS_CAPTURED)": day.over_refund_refused,
         "every final state and refund arrived as an event": day.events_complete,
@@ -253,13 +604,37 @@ async def run_demo(console: Console | None = None) -> int:
     elapsed = time.monotonic() - started
     if all(checks.values()) and verdicts:
         console.print(f"[bold green]dualflow demo finished[/bold green] in {elapsed:.1f} s: "
-                      f"{len(day.payments)} payment orders, {len(day.refunds)} refund, {len(day.events)} events, "
-                      "the books balance.")
+                      f"{len(day.payments)} payment orders through {len(CHANNELS)} mock banks, "
+                      f"{len(day.refunds)} refund, {len(day.events)} events, the books balance.")
         return 0
     console.print(f"[bold red]dualflow demo FAILED[/bold red] after {elapsed:.1f} s: "
                   f"{', '.join(w for w, ok in checks.items() if not ok) or 'no ledger accounts read'}")
     return 1
 
 
+async def _run_until_signalled() -> int:
+    """SIGTERM ends the demo like Ctrl-C does: the day is cancelled, the platform and the mock
+    banks are stopped on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        pass
+    return await run_demo()
+
+
 def main() -> int:
-    return asyncio.run(run_demo())
+    # The demo tells of refused connections, lost replies and reconnects as it arranges them;
+    # the adapters' own warnings about them would only repeat it on stderr.
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("dualflow.adapters").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(_run_until_signalled())
+    except KeyboardInterrupt:
+        print("dualflow demo interrupted; the platform and the mock banks were stopped", flush=True)
+        return 130
+    except asyncio.CancelledError:
+        print("dualflow demo terminated; the platform and the mock banks were stopped", flush=True)
+        return 143

@@ -2,12 +2,17 @@
 
 Two storefronts of one business (a tea house and a bookshop) serve three customers. The shop
 knows dualflow only through the PaymentGateway gRPC API, the generated stubs and its API key:
-customers top their wallets up by card (tokenized first; the shop never keeps a card number),
-the tea house grants loyalty points, trade orders become payment orders paid from the wallet or
-with points, one order is retried with the same request_id, one is partly refunded, and an event
+customers top their wallets up by card (tokenized first; the shop never keeps a card number) or
+by bank transfer, and follow each top-up with WatchPayment until the bank has answered; the tea
+house grants loyalty points, trade orders become payment orders paid from the wallet or with
+points, one order is retried with the same request_id, one is partly refunded, and an event
 consumer follows both storefronts' event streams all day. Nothing is printed here: progress goes
 to a `say` callback (the demo prints it as it happens) and the day's facts come back as a `Day`
 for the caller to show.
+
+The banks behind the platform are not the shop's business. The one hook that knows of them is
+`BankWeather`, called around each top-up: the demo uses it to give each top-up its own trouble
+at the (mock) bank, the way a sandbox operator would; a real shop passes nothing.
 """
 
 from __future__ import annotations
@@ -28,19 +33,40 @@ from dualflow.v1 import payments_pb2 as pb
 from dualflow.v1 import payments_pb2_grpc
 
 CNY = "CNY"
-# Amounts the sandbox bank answers specially, the way card-processor sandboxes use magic amounts:
-# the shop picks its top-ups so that the day meets each answer once.
-SANDBOX_LATE_AMOUNT = 500_00  # the bank's answer times out (UNKNOWN); polling finds it succeeded
-SANDBOX_DECLINED_AMOUNT = 200_00  # the bank declines the card
 # How long the shop waits for anything: the whole demo is meant to end by itself.
 CALL_TIMEOUT_S = 10.0
-
 
 
 class Say(Protocol):
     """Where the shop reports progress as it happens (plain text; `heading` starts a part of the day)."""
 
     def __call__(self, text: str, *, heading: bool = False) -> None: ...
+
+
+class BankWeather(Protocol):
+    """What happens at the banks around one top-up. Not part of any real shop: the demo's sandbox
+    operator injects a fault before the top-up is asked for (`before`), may lift it when the shop's
+    WatchPayment shows a state (`seen`), and clears it when the top-up has ended (`after`, also
+    when it failed)."""
+
+    async def before(self, top_up: TopUpSpec) -> None: ...
+
+    async def seen(self, top_up: TopUpSpec, payment: pb.Payment) -> None: ...
+
+    async def after(self, top_up: TopUpSpec) -> None: ...
+
+
+class FairWeather:
+    """No trouble at the banks (and nothing to do with them)."""
+
+    async def before(self, top_up: TopUpSpec) -> None:
+        return None
+
+    async def seen(self, top_up: TopUpSpec, payment: pb.Payment) -> None:
+        return None
+
+    async def after(self, top_up: TopUpSpec) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +82,19 @@ class Customer:
     # Test numbers from the card networks' sandboxes. Only TokenizeCard ever carries one; the
     # repr leaves it out so that no log line or traceback can show it.
     card_number: str = field(repr=False)
-    top_up_amount: int
     points_granted: int
+    # The customer's bank account, as a transfer names it: bank code, last four digits, holder.
+    bank_account: tuple[str, str, str] = ("", "", "")
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpSpec:
+    """A wallet top-up: the user pays themselves from their card or their bank account."""
+
+    trade_order_id: str
+    user_id: str
+    amount: int
+    by: int  # pb.ASSET_BANK_CARD or pb.ASSET_BANK_TRANSFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +114,17 @@ STOREFRONTS: tuple[Storefront, ...] = (
 # Top-ups and loyalty points go through the tea house: it runs the business's wallet programme.
 WALLET_MERCHANT = "tea-house"
 CUSTOMERS: tuple[Customer, ...] = (
-    Customer("alice", "4111111111111111", 1_000_00, 50_00),  # Visa
-    Customer("bob", "6200000000000005", SANDBOX_LATE_AMOUNT, 30_00),  # UnionPay
-    Customer("carol", "5555555555554444", SANDBOX_DECLINED_AMOUNT, 10_00),  # Mastercard
+    Customer("alice", "4111111111111111", 50_00),  # Visa
+    Customer("bob", "6200000000000005", 30_00),  # UnionPay
+    Customer("carol", "5555555555554444", 10_00, ("ICBC", "6789", "Carol Wang")),  # Mastercard
+)
+# One after another: each meets its own weather at the banks (the demo arranges it by trade order).
+TOP_UPS: tuple[TopUpSpec, ...] = (
+    TopUpSpec("TOPUP-alice", "alice", 1_000_00, pb.ASSET_BANK_CARD),
+    TopUpSpec("TOPUP-bob", "bob", 500_00, pb.ASSET_BANK_CARD),
+    TopUpSpec("TOPUP-carol", "carol", 200_00, pb.ASSET_BANK_CARD),
+    # Her card was declined: she sends a little by bank transfer instead (not enough for her novel).
+    TopUpSpec("TOPUP-carol-2", "carol", 50_00, pb.ASSET_BANK_TRANSFER),
 )
 ORDERS: tuple[OrderSpec, ...] = (
     OrderSpec("T-1001", "tea-house", "alice", pb.ASSET_WALLET, 168_00, "Longjing tea, 250 g"),
@@ -113,6 +158,10 @@ def masked(card: pb.CardSummary) -> str:
     return f"{card.brand} {card.bin}******{card.last4}"
 
 
+def masked_account(account: pb.BankAccountRef) -> str:
+    return f"{account.bank_code} account ****{account.account_last4}"
+
+
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The google.rpc.ErrorInfo of a refusal: its reason (e.g. REFUND_EXCEEDS_CAPTURED) is what a
     client branches on, never the message text. Empty if the status carries none."""
@@ -125,14 +174,33 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state of a payment as the shop saw it: seconds since the top-up was asked for, status,
+    failure reason, and the channel carrying it then."""
+
+    at_s: float
+    status: str
+    reason: str
+    channel: str
+
+
 @dataclass(slots=True)
 class TopUp:
+    trade_order_id: str
     user_id: str
-    card: str  # masked
+    paid_with: str  # a masked card or bank account
     amount: int
     payment_id: str = ""
-    # (seconds since the top-up was asked for, status, reason) as the shop saw each change
-    timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    timeline: list[Change] = field(default_factory=list)
+
+    @property
+    def channel(self) -> str:
+        return self.timeline[-1].channel if self.timeline else ""
+
+    @property
+    def status(self) -> str:
+        return self.timeline[-1].status if self.timeline else ""
 
 
 @dataclass(slots=True)
@@ -227,47 +295,67 @@ class EventConsumer:
 class Shop:
     """The shop backend: every call carries its API key and an idempotency key (request_id)."""
 
-    def __init__(self, channel: grpc.aio.Channel, api_key: str, say: Say) -> None:
+    def __init__(self, channel: grpc.aio.Channel, api_key: str, say: Say, weather: BankWeather | None = None) -> None:
         self.stub = payments_pb2_grpc.PaymentGatewayStub(channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),)
         self.say = say
+        self.weather: BankWeather = weather or FairWeather()
 
-    async def top_up(self, customer: Customer) -> TopUp:
-        """Tokenize the customer's card, charge it into their wallet and watch the payment to its end."""
-        card = await self.stub.TokenizeCard(pb.TokenizeCardRequest(
-            card_number=customer.card_number, exp_month=12, exp_year=datetime.date.today().year + 3),
-            metadata=self.metadata, timeout=CALL_TIMEOUT_S)
-        top_up = TopUp(customer.user_id, masked(card), customer.top_up_amount)
+    async def top_up(self, spec: TopUpSpec, customer: Customer) -> TopUp:
+        """Charge the customer's card (tokenized first) or bank account into their wallet and watch
+        the payment to its end."""
+        await self.weather.before(spec)
+        try:
+            return await self._top_up(spec, customer)
+        finally:
+            await self.weather.after(spec)
+
+    async def _top_up(self, spec: TopUpSpec, customer: Customer) -> TopUp:
+        if spec.by == pb.ASSET_BANK_CARD:
+            card = await self.stub.TokenizeCard(pb.TokenizeCardRequest(
+                card_number=customer.card_number, exp_month=12, exp_year=datetime.date.today().year + 3),
+                metadata=self.metadata, timeout=CALL_TIMEOUT_S)
+            method, paid_with = pb.PaymentMethod(card_token=card.token), masked(card)
+        else:
+            bank_code, last4, holder = customer.bank_account
+            account = pb.BankAccountRef(bank_code=bank_code, account_last4=last4, holder_name=holder)
+            method, paid_with = pb.PaymentMethod(bank_account=account), masked_account(account)
+        top_up = TopUp(spec.trade_order_id, spec.user_id, paid_with, spec.amount)
         started = time.monotonic()
-        # A top-up: the user pays themselves from their card; the money lands in their wallet.
+        # A top-up: the user pays themselves; the money lands in their wallet once the bank confirms.
         created = await self.stub.CreatePayment(pb.CreatePaymentRequest(
-            request_id=f"topup-{customer.user_id}-1", merchant_id=WALLET_MERCHANT,
-            payer=f"user:{customer.user_id}", payee=f"user:{customer.user_id}",
-            amount=customer.top_up_amount, currency=CNY, asset=pb.ASSET_BANK_CARD,
-            method=pb.PaymentMethod(card_token=card.token), trade_order_id=f"TOPUP-{customer.user_id}",
-            description="wallet top-up"), metadata=self.metadata, timeout=CALL_TIMEOUT_S)
+            request_id=f"topup-{spec.trade_order_id}", merchant_id=WALLET_MERCHANT,
+            payer=f"user:{spec.user_id}", payee=f"user:{spec.user_id}", amount=spec.amount, currency=CNY,
+            asset=spec.by, method=method, trade_order_id=spec.trade_order_id, description="wallet top-up"),
+            metadata=self.metadata, timeout=CALL_TIMEOUT_S)
         top_up.payment_id = created.payment_id
-        what = f"{customer.user_id:<6} top-up {money(top_up.amount)} by {top_up.card}"
+        what = f"{spec.user_id:<6} top-up {money(top_up.amount)} by {paid_with}"
         version = 0
 
-        def seen(p: pb.Payment) -> None:
+        async def seen(p: pb.Payment) -> None:
             nonlocal version
             if p.version <= version:
                 return
             version = p.version
-            elapsed = time.monotonic() - started
-            top_up.timeline.append((elapsed, status_name(p.status), p.failure_reason))
-            reason = f" ({p.failure_reason})" if p.failure_reason else ""
+            before = top_up.channel
+            top_up.timeline.append(Change(time.monotonic() - started, status_name(p.status), p.failure_reason,
+                                          p.channel))
+            note = f" ({p.failure_reason})" if p.failure_reason else ""
             if p.status == pb.PAYMENT_STATUS_UNKNOWN:
-                reason = " (bank timed out: polled, never resent)"
-            self.say(f"{what}: {status_name(p.status)}{reason}")
+                note = f" (no answer from {p.channel}: it is polled, never sent again)"
+            where = f" at {p.channel}"
+            if before and p.channel != before:
+                # Only a submission that provably never left moves to another channel.
+                where = f" at {p.channel} (it never reached {before}: sent to the next channel)"
+            self.say(f"{what}: {status_name(p.status)}{where}{note}")
+            await self.weather.seen(spec, p)
 
-        seen(created)
+        await seen(created)
         # WatchPayment answers the payment now, then each change, and ends at a final state.
         async with asyncio.timeout(CALL_TIMEOUT_S):
             async for p in self.stub.WatchPayment(pb.WatchPaymentRequest(payment_id=created.payment_id),
                                                   metadata=self.metadata):
-                seen(p)
+                await seen(p)
         return top_up
 
     async def pay(self, request_id: str, merchant_id: str, payer: str, payee: str, asset: int, amount: int,
@@ -321,18 +409,20 @@ def _order_line(order: OrderSpec, p: pb.Payment) -> str:
             f"at {order.merchant_id}: {status_name(p.status)}{reason}")
 
 
-async def play_day(channel: grpc.aio.Channel, api_key: str, say: Say) -> Day:
-    """The shop's day, start to end, over `channel` with the shop backend's `api_key`."""
-    shop = Shop(channel, api_key, say)
+async def play_day(channel: grpc.aio.Channel, api_key: str, say: Say, weather: BankWeather | None = None) -> Day:
+    """The shop's day, start to end, over `channel` with the shop backend's `api_key`; `weather`
+    is what happens at the banks around each top-up (nothing, unless a sandbox arranges it)."""
+    shop = Shop(channel, api_key, say, weather)
     merchant_ids = [s.merchant_id for s in STOREFRONTS]
     consumer = EventConsumer(shop.stub, shop.metadata, merchant_ids)
     consumer.start()
     day = Day()
     customers = {c.user_id: c for c in CUSTOMERS}
     try:
-        # All top-ups at once: each one waits on the bank independently.
-        say("Morning: customers top up their wallets by card (the bank answers later, or unclearly)", heading=True)
-        day.top_ups = list(await asyncio.gather(*(shop.top_up(c) for c in CUSTOMERS)))
+        say("Morning: customers top up their wallets by card or bank transfer (banks answer late, "
+            "not at all, or no)", heading=True)
+        for spec in TOP_UPS:
+            day.top_ups.append(await shop.top_up(spec, customers[spec.user_id]))
 
         say("Loyalty: the tea house grants welcome points", heading=True)
         for c in CUSTOMERS:
