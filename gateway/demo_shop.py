@@ -45,9 +45,9 @@ class Say(Protocol):
 
 class BankWeather(Protocol):
     """What happens at the banks around one top-up. Not part of any real shop: the demo's sandbox
-    operator injects a fault before the top-up is asked for (`before`), may lift it when the shop's
-    WatchPayment shows a state (`seen`), and clears it when the top-up has ended (`after`, also
-    when it failed)."""
+    operator injects a fault before the top-up is asked for (`before`), hears of each state the
+    shop's WatchPayment shows (`seen`: from the first it knows the payment id, and may lift the
+    fault early), and clears it when the top-up has ended (`after`, also when it failed)."""
 
     async def before(self, top_up: TopUpSpec) -> None: ...
 
