@@ -35,8 +35,7 @@ from .auth import ALL_MERCHANTS, current_caller
 
 EVENT_PAGE = 500
 WAIT_S = 5.0
-_PAYMENT_EVENTS = frozenset(f"payment.{s.name.lower()}" for s in PaymentStatus) | {"payment.refunded",
-                                                                                   "payment.refund_reverted"}
+_PAYMENT_EVENTS = records.PAYMENT_EVENT_TYPES
 
 
 # ---- domain -> protobuf

@@ -91,7 +91,7 @@ def _balance_events(ctx: Context, merchant_id: str, payment: Payment, parties: I
         Operation, Any, list[int]]:
     """One balance.updated event per user account the change touched; returns their account ids."""
     touched = []
-    for text in parties:
+    for text in dict.fromkeys(parties):  # a top-up's payer is its payee: one account, one event
         party = parse_party(text)
         if party is None or party.kind != "user":
             continue
@@ -439,8 +439,10 @@ class RefundPayment(_Procedure):
         if refund.status is RefundStatus.PROCESSING:
             yield from ctx.execute(records.SCHEDULE_POLL, (refund.refund_id, "refund", ctx.now_ns + self.polls.first_ns,
                                                            ctx.now_ns + self.polls.window_ns))
-        if refund.status is RefundStatus.SUCCEEDED:
-            touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer,))
+        if results[0] in _SETTLED:
+            # Both sides moved (a user payee is debited; an external refund holds the payee's
+            # side until the channel answers), so both balances are reported and uncached.
+            touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer, payment.payee))
         yield from ctx.execute(records.UPSERT_KEY, (scope, self.request_id, self.fingerprint, refund.refund_id,
                                                     ctx.now_ns + self.key_window_ns))
         return Outcome("created", payment=payment, refund=refund, touched_accounts=touched)
@@ -480,6 +482,9 @@ class MoveRefund(_Procedure):
         else:
             results = [T_OK]
         assert results[0] in _SETTLED, f"settling a refund hold failed: {results}"
+        touched: list[int] = []
+        if self.target in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):  # the hold was posted or voided
+            touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer, payment.payee))
         refund = replace(refund, status=self.target, updated_at_ns=ctx.now_ns,
                          failure_reason=self.reason if self.target is RefundStatus.FAILED else "")
         yield from ctx.execute(records.UPSERT_REFUND, records.refund_params(refund))
@@ -490,4 +495,4 @@ class MoveRefund(_Procedure):
         else:
             yield from ctx.execute(records.SCHEDULE_POLL, (refund.refund_id, "refund", ctx.now_ns + self.polls.first_ns,
                                                            ctx.now_ns + self.polls.window_ns))
-        return Outcome("moved", payment=payment, refund=refund)
+        return Outcome("moved", payment=payment, refund=refund, touched_accounts=touched)

@@ -191,6 +191,10 @@ INSERT_EVENT = (
 )
 
 SELECT_PAYMENT = "SELECT body FROM payments WHERE payment_id = ?"
+# Event types whose payload is the payment after the change (a discrepancy's is the discrepancy).
+PAYMENT_EVENT_TYPES = frozenset(
+    {f"payment.{s.name.lower()}" for s in PaymentStatus} | {"payment.refunded", "payment.refund_reverted",
+                                                             "payment.rerouted"})
 SELECT_REFUND = "SELECT body FROM refunds WHERE refund_id = ?"
 SELECT_KEY = "SELECT fingerprint, object_id FROM request_keys WHERE scope = ? AND request_id = ? AND expires_at_ns > ?"
 # The same without the expiry test, for a batch prefetch made before the commit's clock is known.

@@ -367,13 +367,16 @@ class PaymentService:
             metrics.BALANCE_CACHE.labels("hit").inc()
             return hit[1]
         metrics.BALANCE_CACHE.labels("miss").inc()
-        found = await self.ledger.lookup_accounts([account_id])
-        if found:
-            a = found[0]
-            balance = Balance(user_id, asset, currency, a.credits_posted - a.debits_posted - a.debits_pending,
-                              a.credits_pending, a.debits_pending, a.timestamp)
+        # One statement, so the balance and the ledger clock come from the same snapshot:
+        # the figure includes every transfer up to `as_of_timestamp`.
+        [(as_of, dr_pending, dr_posted, cr_pending, cr_posted)] = await self.ledger.query(
+            "SELECT m.last_timestamp, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted "
+            "FROM ledger_meta m LEFT JOIN accounts a ON a.id = ? WHERE m.id = 1", (account_id,))
+        if dr_pending is None:
+            balance = Balance(user_id, asset, currency, 0, 0, 0, as_of)
         else:
-            balance = Balance(user_id, asset, currency, 0, 0, 0, 0)
+            balance = Balance(user_id, asset, currency, cr_posted - dr_posted - dr_pending, cr_pending, dr_pending,
+                              as_of)
         self._cache[account_id] = (now, balance)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -37,8 +37,8 @@ FAILED NOT_RECEIVED); the same for refunds in flight to the channel. Holds are
 posted or voided to match, and the merchant's settlement equals SUCCEEDED
 amounts - fees - SUCCEEDED refunds.
 
-The seed is printed; rerun one with DUALFLOW_CRASH_SEED=N. At the end, an xfail
-test pins a gap in that event stream: a payment rerouted to another channel.
+The seed is printed; rerun one with DUALFLOW_CRASH_SEED=N. At the end, a test
+checks that event stream for a payment rerouted to another channel.
 """
 
 from __future__ import annotations
@@ -816,11 +816,6 @@ async def test_sigkill_external_payments_soak(db_url: str, serve_processes: Serv
 
 # ------------------------------------------------------------------ the event stream a restart audit relies on
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/payment_servicer.py: _PAYMENT_EVENTS lists payment.<status>, payment.refunded and "
-    "payment.refund_reverted but not payment.rerouted (written by core/payments/procedures.py ReroutePayment), "
-    "so event_to_pb sends a rerouted payment's event without its Payment object and WatchPayment skips that "
-    "version"))
 async def test_a_rerouted_payment_streams_every_change_with_its_payment(db_url: str, tmp_path: Path) -> None:
     """The audit above reads each payment's versions from SubscribeEvents; a payment that moved to
     another channel (NOT_SUBMITTED) must stream that change like any other."""

@@ -743,18 +743,14 @@ def test_payments_match_the_model() -> None:
 
 # ------------------------------------------------------------------ found while writing the model above
 # The machine reads balances with the cache off (balance_cache_ttl_s=0) and does not check
-# balance.updated events; these show why, with the cache on as the platform runs it.
+# balance.updated events; these check both with the cache on, as the platform runs it
+# (each was a bug, fixed since).
 
 async def _balance_events_for(service: Any, subject: str, after_seq: int) -> list[dict[str, Any]]:
     return [json.loads(e.payload_json) for e in await service.feed.read_after(after_seq, 1000, subject_id=subject)
             if e.type == "balance.updated"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/payments/procedures.py RefundPayment.steps calls _balance_events(..., (payment.payer,)) only: when the "
-    "payee is a user (a user-to-user payment, points a merchant issued) the refund debits the payee's account but "
-    "emits no balance.updated for it and leaves it out of touched_accounts, so PaymentService.get_balance serves "
-    "the payee's stale cached balance for up to balance_cache_ttl_s"))
 async def test_an_internal_refund_reports_the_payees_new_balance(tmp_path: Path) -> None:
     async with payment_service(str(tmp_path / "ledger.db"), balance_cache_ttl_s=60) as service:
         await fund(service, "ann", Asset.WALLET, 1_000)
@@ -770,11 +766,6 @@ async def test_an_internal_refund_reports_the_payees_new_balance(tmp_path: Path)
         assert (shown, told) == (0, [0]), f"bob holds 0; GetBalance says {shown}, balance.updated events say {told}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/payments/procedures.py RefundPayment (external: the payee's side is held) and MoveRefund "
-    "(post or void of that hold) report no touched accounts and emit no balance.updated, so after refunding "
-    "a top-up (payee user:<id>) PaymentService.get_balance keeps serving the cached pre-refund available "
-    "balance for up to balance_cache_ttl_s although it is held"))
 async def test_an_external_refund_reports_the_held_balance(tmp_path: Path) -> None:
     channel = ScriptedChannel(lambda i: Plan(on_submit=SUCCEEDED) if i.kind == "pay" else Plan(on_submit=PENDING))
     async with payment_service(str(tmp_path / "ledger.db"), channel, balance_cache_ttl_s=60) as service:
@@ -795,10 +786,6 @@ async def test_an_external_refund_reports_the_held_balance(tmp_path: Path) -> No
         assert (shown, told) == (0, [0]), f"ann can spend 0; GetBalance says {shown}, balance.updated events say {told}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/payments/service.py PaymentService.get_balance answers as_of_timestamp=Account.timestamp, which the "
-    "ledger sets once when the account is created: the proto promises 'the ledger timestamp the figure reflects', "
-    "but it never moves when the balance does (balance.updated events carry a fresh one)"))
 async def test_get_balance_as_of_timestamp_moves_with_the_balance(tmp_path: Path) -> None:
     async with payment_service(str(tmp_path / "ledger.db"), balance_cache_ttl_s=0) as service:
         await fund(service, "ann", Asset.WALLET, 1_000)
