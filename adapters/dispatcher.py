@@ -57,8 +57,7 @@ _OUTCOMES = {
 
 
 class CardSource(Protocol):
-    async def card(self, token: str) -> Any: ...
-    async def reveal(self, token: str) -> str: ...
+    async def reveal_card(self, token: str) -> tuple[Any, str]: ...
 
 
 def answer_of(result: ChannelResult) -> ChannelAnswer:
@@ -170,9 +169,8 @@ class FinancialGateway:
         if instruction.card_token and reveal_card:
             if self.cards is None:
                 raise LookupError("a card payment needs the vault")
-            ref = await self.cards.card(instruction.card_token)
-            card = CardData(pan=await self.cards.reveal(instruction.card_token), exp_month=ref.exp_month,
-                            exp_year=ref.exp_year)
+            ref, pan = await self.cards.reveal_card(instruction.card_token)
+            card = CardData(pan=pan, exp_month=ref.exp_month, exp_year=ref.exp_year)
         return PayInstruction(
             instruction_id=instruction.instruction_id, payment_id=instruction.object_id,
             merchant_id=instruction.merchant_id, asset=instruction.asset, amount=instruction.amount,

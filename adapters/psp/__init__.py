@@ -4,7 +4,7 @@
 `base_url`, `mch_id`, `serial_no` (the merchant key's serial), `currencies`, `assets`,
 `min_amount`, `max_amount`, `fee` ({fixed, bps} or per currency), optional `notify_url`,
 `timeout_ms` (default 10000), `connect_timeout_ms`, `certificates_check_ms` (how often the
-platform certificates file is stat'ed; default: every use). Key files:
+platform certificates file is stat'ed for a rotation; default 1000, 0: at every use). Key files:
 `merchant_private_key` (PEM RSA private key), `platform_certificates` (PEM certificates or
 `serial_no=`-named public keys; reloaded when it changes), `api_v3_key` (32 bytes).
 

@@ -114,7 +114,7 @@ class PspAdapter:
         if len(self._api_v3_key) != signing.API_V3_KEY_BYTES:
             raise ValueError(f"channel {self.name!r}: api_v3_key must hold exactly 32 bytes")
         self.platform_keys = PlatformKeys(config.key_files["platform_certificates"],
-                                          check_interval_s=float(s.get("certificates_check_ms", 0)) / 1000)
+                                          check_interval_s=float(s.get("certificates_check_ms", 1000)) / 1000)
         self.nonces = NonceCache(ttl_s=float(s.get("nonce_ttl_s", 600)),
                                  max_entries=int(s.get("nonce_cache_entries", 100_000)))
         self._session: aiohttp.ClientSession | None = None

@@ -48,6 +48,9 @@ class Outcome:
     reason: str = ""
     touched_accounts: list[int] = field(default_factory=list)
     last_seq: int = 0  # the newest ledger timestamp (and so outbox sequence) the commit used
+    # The payment's state before this step (for metrics of time spent in a state).
+    previous_status: PaymentStatus | None = None
+    previous_updated_at_ns: int = 0
 
 
 class _Procedure:
@@ -279,6 +282,11 @@ class MovePayment(_Procedure):
         payment = yield from _load_payment(ctx, self.payment_id)
         if payment is None:
             return Outcome("refused", reason="PAYMENT_NOT_FOUND")
+        outcome = yield from self._move(ctx, payment)
+        outcome.previous_status, outcome.previous_updated_at_ns = payment.status, payment.updated_at_ns
+        return outcome
+
+    def _move(self, ctx: Context, payment: Payment) -> _Gen:
         if payment.status == self.target:
             return Outcome("unchanged", payment=payment)
         if self.only_from is not None and payment.status not in self.only_from:

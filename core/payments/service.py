@@ -288,7 +288,6 @@ class PaymentService:
         }.get(answer.outcome)
         if target is None:  # PENDING: still processing, nothing to record
             return await self.get_payment(payment_id)
-        before = await self.get_payment(payment_id)
         outcome = await self._move(payment_id, target, reason=answer.reason or target.name,
                                    channel_reference=answer.channel_reference, source=source)
         if outcome.kind == "refused" and outcome.payment is None:
@@ -296,9 +295,9 @@ class PaymentService:
         if outcome.kind == "discrepancy":
             metrics.DISCREPANCIES.inc()
             log.warning("payment %s: %s answered %s after it became %s; discrepancy recorded",
-                        payment_id, source, target.name, before.status.name)
+                        payment_id, source, target.name, outcome.previous_status.name)
         if outcome.kind in ("moved", "discrepancy"):
-            self._after_commit(outcome, previous=before.status, since_ns=before.updated_at_ns)
+            self._after_commit(outcome, previous=outcome.previous_status, since_ns=outcome.previous_updated_at_ns)
         assert outcome.payment is not None
         return outcome.payment
 

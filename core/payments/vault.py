@@ -342,6 +342,11 @@ class CardVault:
         row = await self._require(token)
         return self._open(row)
 
+    async def reveal_card(self, token: str) -> tuple[CardRef, str]:
+        """The card's public view and its PAN from one read (what a card adapter needs at send time)."""
+        row = await self._require(token)
+        return row.ref(), self._open(row)
+
     async def rotate(self, token: str) -> str:
         """Re-seal the token's record under the active key (fresh nonce); answers the key id the
         record is now under. A no-op for a record already under the active key."""

@@ -64,7 +64,7 @@ def make_config(mock: MockBankProcess, keys_dir: Path, certificates: Path | None
     merchant = json.loads((keys_dir / "merchant.json").read_text())
     base = {"base_url": f"http://127.0.0.1:{mock.port}", "mch_id": merchant["mch_id"],
             "serial_no": merchant["serial_no"], "currencies": ["CNY", "JPY"], "timeout_ms": 700,
-            "fee": {"fixed": 0, "bps": 60}}
+            "fee": {"fixed": 0, "bps": 60}, "certificates_check_ms": 0}  # rotation is seen at once
     base.update(settings)
     return ChannelConfig(
         name=CHANNEL, kind="psp", settings=base,
