@@ -46,7 +46,7 @@ def payment_to_pb(p: Payment) -> pb.Payment:
         failure_reason=p.failure_reason, fee=p.fee, refunded_amount=p.refunded_amount,
         trade_order_id=p.trade_order_id, description=p.description, metadata=p.metadata, channel=p.channel,
         channel_reference=p.channel_reference, created_at_ns=p.created_at_ns, updated_at_ns=p.updated_at_ns,
-        version=p.version,
+        version=p.version, attempt=p.attempt,
     )
     if p.card is not None:
         msg.card.CopyFrom(pb.CardSummary(token=p.card.token, bin=p.card.bin, last4=p.card.last4, brand=p.card.brand,

@@ -85,7 +85,7 @@ class Sandbox:
         self._channel(name, "iso8583", {
             "host": "127.0.0.1", "port": bank.port, "terminal_id": "DF000001", "merchant_id": "DUALFLOW0000001",
             "currencies": ["CNY"], "fee_bps": fee_bps, "statement_url": bank.admin_url,
-            "reply_timeout_s": 2, "echo_interval_s": 5,
+            "reply_timeout_s": 2, "echo_interval_s": 5, "connect_wait_s": 0.5,
         }, {"mac_key": key})
 
     def _start_psp(self, name: str, fee_bps: int) -> None:

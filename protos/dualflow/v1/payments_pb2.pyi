@@ -85,7 +85,7 @@ class PaymentMethod(_message.Message):
     def __init__(self, card_token: _Optional[str] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version")
+    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version", "attempt")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Payment(_message.Message):
     CREATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     request_id: str
     merchant_id: str
@@ -137,7 +138,8 @@ class Payment(_message.Message):
     created_at_ns: int
     updated_at_ns: int
     version: int
-    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class CreatePaymentRequest(_message.Message):
     __slots__ = ("request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "method", "trade_order_id", "description", "metadata")
