@@ -56,7 +56,6 @@ import argparse
 import asyncio
 import math
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -74,7 +73,16 @@ from dualflow.core.payments.model import Asset, PaymentStatus
 
 from . import load
 from .payments import FEE_BPS, MERCHANT, PaymentsReport, Steps, open_loop, write_config
-from .report import Case, Ratio, percentile_ms, progress_bar, source_version, stderr_console
+from .report import (
+    add_output_options,
+    BenchFailure,
+    Case,
+    percentile_ms,
+    progress_bar,
+    Ratio,
+    run_and_report,
+    source_version,
+)
 from .scratch import ScratchLedgers
 from .server_process import ServerFailed, ServerProcess
 
@@ -99,8 +107,6 @@ CLEAN_PROFILE: dict[str, Any] = {
 }
 
 
-class BenchFailure(RuntimeError):
-    """The bench could not measure what it claims: a payment not SUCCEEDED, a server died, the books disagree."""
 
 
 @dataclass(frozen=True)
@@ -127,31 +133,14 @@ def add_parser(areas: Any) -> None:
                    help="a new SQLite path (kept; the PSP's server uses a sibling file) or a postgresql:// DSN "
                         "(a scratch database is created on that server and dropped); default: temporary SQLite "
                         "files, removed afterwards")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute)")
-    p.add_argument("--save", metavar="PATH", default=None,
-                   help="also write the JSON object to PATH (to keep a run's figures beside its table)")
+    add_output_options(p)
     p.set_defaults(bench_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    console = stderr_console()
-    try:
-        report = asyncio.run(_bench(plan, args.db, console))
-    except (BenchFailure, ServerFailed) as exc:
-        console.print(f"[red]bench channels failed:[/] {exc}", highlight=False)
-        return 1
-    if args.save:
-        with open(args.save, "w") as out:
-            report.write_json(out)
-    if args.json:
-        report.write_json(sys.stdout)
-    else:
-        from rich.console import Console
-
-        report.render(Console())
-    return 0
+    return run_and_report("channels", lambda console: _bench(plan, args.db, console), args,
+                          (BenchFailure, ServerFailed))
 
 
 # ---------------------------------------------------------------- the caller's side

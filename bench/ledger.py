@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,16 @@ from dualflow.core.ledger.state_machine import A_OK, T_OK, Snapshot
 from dualflow.core.ledger.store import LedgerStore
 
 from . import load, pgbench
-from .report import Case, Ratio, Report, progress_bar, source_version, stderr_console
+from .report import (
+    add_output_options,
+    BenchFailure,
+    Case,
+    progress_bar,
+    Ratio,
+    Report,
+    run_and_report,
+    source_version,
+)
 from .scratch import ScratchLedgers
 from .server_process import ServerFailed, ServerProcess
 
@@ -71,8 +79,6 @@ TARGETS = {
 }
 
 
-class BenchFailure(RuntimeError):
-    """The bench could not measure what it claims: a transfer failed, a server died."""
 
 
 @dataclass(frozen=True)
@@ -132,31 +138,14 @@ def add_parser(areas: Any) -> None:
     p.add_argument("--db", default=None,
                    help="a new SQLite path (kept) or a postgresql:// DSN (a scratch database is created on that "
                         "server and dropped); default: temporary SQLite files, removed afterwards")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute on SQLite)")
-    p.add_argument("--save", metavar="PATH", default=None,
-                   help="also write the JSON object to PATH (to keep a run's figures beside its table)")
+    add_output_options(p, 'a reduced run (under a minute on SQLite)')
     p.set_defaults(bench_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    console = stderr_console()
-    try:
-        report = asyncio.run(_bench(plan, args.db, console))
-    except (BenchFailure, ServerFailed, pgbench.PgbenchFailed) as exc:
-        console.print(f"[red]bench ledger failed:[/] {exc}", highlight=False)
-        return 1
-    if args.save:
-        with open(args.save, "w") as out:
-            report.write_json(out)
-    if args.json:
-        report.write_json(sys.stdout)
-    else:
-        from rich.console import Console
-
-        report.render(Console())
-    return 0
+    return run_and_report("ledger", lambda console: _bench(plan, args.db, console), args,
+                          (BenchFailure, ServerFailed, pgbench.PgbenchFailed))
 
 
 # ---------------------------------------------------------------- workloads

@@ -41,7 +41,6 @@ import base64
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -58,7 +57,16 @@ from dualflow.core.payments.accounts import Party, account_id, fee_account, fee_
 from dualflow.core.payments.model import Asset, PaymentStatus
 
 from . import load
-from .report import Case, Ratio, Report, progress_bar, source_version, stderr_console
+from .report import (
+    add_output_options,
+    BenchFailure,
+    Case,
+    progress_bar,
+    Ratio,
+    Report,
+    run_and_report,
+    source_version,
+)
 from .scratch import ScratchLedgers
 from .server_process import ServerFailed, ServerProcess
 
@@ -82,8 +90,6 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 TARGETS = {"payments_vs_empty_rpc": 0.4}
 
 
-class BenchFailure(RuntimeError):
-    """The bench could not measure what it claims: a payment failed, a server died, the books disagree."""
 
 
 @dataclass(frozen=True)
@@ -108,31 +114,14 @@ def add_parser(areas: Any) -> None:
     p.add_argument("--db", default=None,
                    help="a new SQLite path (kept) or a postgresql:// DSN (a scratch database is created on that "
                         "server and dropped); default: a temporary SQLite file, removed afterwards")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute)")
-    p.add_argument("--save", metavar="PATH", default=None,
-                   help="also write the JSON object to PATH (to keep a run's figures beside its table)")
+    add_output_options(p)
     p.set_defaults(bench_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    console = stderr_console()
-    try:
-        report = asyncio.run(_bench(plan, args.db, console))
-    except (BenchFailure, ServerFailed) as exc:
-        console.print(f"[red]bench payments failed:[/] {exc}", highlight=False)
-        return 1
-    if args.save:
-        with open(args.save, "w") as out:
-            report.write_json(out)
-    if args.json:
-        report.write_json(sys.stdout)
-    else:
-        from rich.console import Console
-
-        report.render(Console())
-    return 0
+    return run_and_report("payments", lambda console: _bench(plan, args.db, console), args,
+                          (BenchFailure, ServerFailed))
 
 
 # ---------------------------------------------------------------- report

@@ -170,6 +170,40 @@ def stderr_console() -> Console:
     return Console(stderr=True)
 
 
+class BenchFailure(RuntimeError):
+    """The bench could not measure what it claims (a call failed, a server died, a check after
+    the run found the books wrong): the bench exits 1 instead of printing a figure."""
+
+
+def add_output_options(p: Any, quick_help: str = "a reduced run (under a minute)") -> None:
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--save", metavar="PATH", default=None,
+                   help="also write the JSON object to PATH (to keep a run's figures beside its table)")
+
+
+def run_and_report(name: str, measure: Any, args: Any, failures: tuple[type[BaseException], ...]) -> int:
+    """Run `measure(console)` (a coroutine function answering a Report), print it as a table or
+    JSON per BENCH.md; a failure in `failures` is one red line and exit status 1."""
+    import asyncio
+    import sys
+
+    console = stderr_console()
+    try:
+        report = asyncio.run(measure(console))
+    except failures as exc:
+        console.print(f"[red]bench {name} failed:[/] {exc}", highlight=False)
+        return 1
+    if args.save:
+        with open(args.save, "w") as out:
+            report.write_json(out)
+    if args.json:
+        report.write_json(sys.stdout)
+    else:
+        report.render(Console())
+    return 0
+
+
 def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),

@@ -69,7 +69,8 @@ def test_quick_json_has_the_documented_shape(tmp_path: Path) -> None:
 
 async def test_the_check_fails_when_the_bank_paid_twice(tmp_path: Path) -> None:
     """A payment the bank's book shows paid twice fails the bench (non-zero exit in `run`)."""
-    from dualflow.bench.channels import BenchFailure, CardPayments, _check_books
+    from dualflow.bench.channels import CardPayments, _check_books
+    from dualflow.bench.report import BenchFailure
     from dualflow.core.ledger.open_store import store_from_url
     from dualflow.core.payments.records import PAYMENT_SCHEMA
 

@@ -63,7 +63,8 @@ def test_quick_json_has_the_documented_shape(tmp_path: Path) -> None:
 
 async def test_the_check_fails_when_the_books_disagree_with_the_answers(tmp_path: Path) -> None:
     """A payment answered SUCCEEDED but missing from the database fails the bench (non-zero exit in `run`)."""
-    from dualflow.bench.payments import BenchFailure, Payments, _check_books
+    from dualflow.bench.payments import Payments, _check_books
+    from dualflow.bench.report import BenchFailure
     from dualflow.core.ledger.open_store import store_from_url
     from dualflow.core.payments.records import PAYMENT_SCHEMA
 
