@@ -578,14 +578,7 @@ def _order_cases(report: PaymentsReport) -> None:
 
 
 def _ratios(report: PaymentsReport) -> None:
-    def rate(name: str) -> float | None:
-        c = report.case(name)
-        return c.rate_per_s if c is not None and c.rate_per_s > 0 else None
-
-    def value(num: str, den: str) -> float | None:
-        a, b = rate(num), rate(den)
-        return a / b if a is not None and b is not None else None
-
+    value = report.rate_ratio
     report.ratios.append(Ratio("card_payments_vs_empty_rpc", value("card_iso8583_c64", "empty_rpc_c64"),
                                TARGETS["card_payments_vs_empty_rpc"], "card_iso8583_c64", "empty_rpc_c64"))
     report.untargeted.append(Ratio("psp_payments_vs_empty_rpc", value("card_psp_c64", "empty_rpc_c64"), 0.0,

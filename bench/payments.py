@@ -627,14 +627,7 @@ async def _check_books(url: str, workload: Payments) -> str:
 # ---------------------------------------------------------------- ratios
 
 def _ratios(report: PaymentsReport) -> None:
-    def rate(name: str) -> float | None:
-        c = report.case(name)
-        return c.rate_per_s if c is not None and c.rate_per_s > 0 else None
-
-    def value(num: str, den: str) -> float | None:
-        a, b = rate(num), rate(den)
-        return a / b if a is not None and b is not None else None
-
+    value = report.rate_ratio
     report.ratios.append(Ratio("payments_vs_empty_rpc", value("payments_wallet_c64", "empty_rpc_c64"),
                                TARGETS["payments_vs_empty_rpc"], "payments_wallet_c64", "empty_rpc_c64"))
     report.untargeted.append(Ratio("replay_vs_empty_rpc", value("payments_replay_c64", "empty_rpc_c64"), 0.0,

@@ -109,6 +109,12 @@ class Report:
     def case(self, name: str) -> Case | None:
         return next((c for c in self.cases if c.name == name), None)
 
+    def rate_ratio(self, numerator: str, denominator: str) -> float | None:
+        """Rate of one case over another's; None when either did not run or measured nothing."""
+        rates = [c.rate_per_s if c is not None and c.rate_per_s > 0 else None
+                 for c in (self.case(numerator), self.case(denominator))]
+        return rates[0] / rates[1] if rates[0] is not None and rates[1] is not None else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "bench": self.bench,
