@@ -659,7 +659,13 @@ class PaymentService:
             return
         metrics.POLLS.inc()
         try:
-            answer = await self._ask(self.dispatcher.query(instruction))
+            if kind == "reverse":
+                # A reversal without a final answer is sent again, not only asked about: the bank
+                # deduplicates it by instruction id, and a reversal that never arrived must still
+                # happen (the ISO 8583 repeat, 0401, works the same way).
+                answer = await self._ask(self.dispatcher.reverse(instruction))
+            else:
+                answer = await self._ask(self.dispatcher.query(instruction))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed poll tells us nothing; ask again later
