@@ -76,7 +76,9 @@ from .payments import FEE_BPS, MERCHANT, PaymentsReport, Steps, open_loop, write
 from .report import (
     add_output_options,
     BenchFailure,
+    best_of,
     Case,
+    load_average,
     percentile_ms,
     progress_bar,
     Ratio,
@@ -325,18 +327,8 @@ class Processes:
         return r, extra
 
 
-def _best(runs: list[Case]) -> Case:
-    best = max(runs, key=lambda c: c.rate_per_s)
-    if len(runs) > 1:
-        best.extra["runs_rate_per_s"] = [round(c.rate_per_s, 1) for c in runs]
-    return best
 
 
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------- the run
@@ -358,7 +350,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> PaymentsReport:
         "completion": "WatchPayment per payment, opened when CreatePayment answers, until a final state",
         "source": source_version(),
     }
-    report.machine["load_avg_1m_at_start"] = _load_avg()
+    report.machine["load_avg_1m_at_start"] = load_average()
     steps_total = (
         1  # mock banks
         + 3  # card bank server: start + tokenize, warm-up, stop + check
@@ -393,7 +385,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> PaymentsReport:
             report.notes.append(f"check after the run: {line}")
     finally:
         scratch.close()
-    report.machine["load_avg_1m_at_end"] = _load_avg()
+    report.machine["load_avg_1m_at_end"] = load_average()
     _order_cases(report)
     _ratios(report)
     _notes(plan, report)
@@ -438,12 +430,12 @@ async def _channel_phase(plan: Plan, report: PaymentsReport, steps: Steps, scrat
                         pay_runs.append(await _card_case(plan.case_s, kind, procs, workload, 64, steps))
                     else:
                         empty_runs.append(await _empty_case(plan, procs, api, 64, steps))
-            best = _best(pay_runs)
+            best = best_of(pay_runs)
             report.cases.append(best)
             report.cases.append(await _card_case(plan.c1_s, kind, procs, workload, 1, steps))
             report.cases.append(await _offered_case(plan.case_s, _offered_rate(best.rate_per_s), procs, workload,
                                                     steps))
-            report.cases.append(_best(empty_runs))
+            report.cases.append(best_of(empty_runs))
             report.cases.append(await _empty_case(plan, procs, api, 1, steps))
         else:
             report.cases.append(await _card_case(plan.case_s, kind, procs, workload, 64, steps))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +49,9 @@ from . import load, pgbench
 from .report import (
     add_output_options,
     BenchFailure,
+    best_of,
     Case,
+    load_average,
     progress_bar,
     Ratio,
     Report,
@@ -334,12 +335,6 @@ async def _load(server: ServerProcess, call: Any, requests: Any, *, concurrency:
     return r, extra
 
 
-def _best(runs: list[Case]) -> Case:
-    """The best of several runs of one case, with every run's rate alongside."""
-    best = max(runs, key=lambda c: c.rate_per_s)
-    if len(runs) > 1:
-        best.extra["runs_rate_per_s"] = [round(c.rate_per_s, 1) for c in runs]
-    return best
 
 
 class Steps:
@@ -390,7 +385,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
         "rounds": plan.rounds,
         "source": source_version(),
     }
-    report.machine["load_avg_1m_at_start"] = _load_avg()
+    report.machine["load_avg_1m_at_start"] = load_average()
     scratch.open()
     try:
         with progress_bar(console) as progress:
@@ -410,7 +405,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> Report:
                 steps.finish()
     finally:
         scratch.close()
-    report.machine["load_avg_1m_at_end"] = _load_avg()
+    report.machine["load_avg_1m_at_end"] = load_average()
     report.cases.sort(key=_case_order)
     _ratios(plan, report, postgres, run_pgbench)
     return report
@@ -477,7 +472,7 @@ async def _cases(plan: Plan, main_store: LedgerStore, main: _Target, large: _Tar
         for target in ((main, large) if r % 2 == 0 else (large, main)):
             runs[target.accounts].append(
                 await _accounts_case(plan, target, accounts_workloads[target.accounts], steps))
-    report.cases += [_best(runs[main.accounts]), _best(runs[large.accounts])]
+    report.cases += [best_of(runs[main.accounts]), best_of(runs[large.accounts])]
 
     ceilings = []
     on = steps.start(f"storage ceiling: {plan.ceiling_batches} x {BIG_BATCH:,} transfers, in process")
@@ -494,7 +489,7 @@ async def _cases(plan: Plan, main_store: LedgerStore, main: _Target, large: _Tar
             on = steps.start(f"storage ceiling again: {plan.ceiling_batches} x {BIG_BATCH:,} transfers")
             ceilings.append(await storage_ceiling(main_store, ceiling_workload, plan.ceiling_batches, on))
             steps.finish()
-    report.cases.append(_best(ceilings))
+    report.cases.append(best_of(ceilings))
 
     # Unary vs empty RPC at concurrency 64, alternating.
     unary_runs: list[Case] = []
@@ -505,7 +500,7 @@ async def _cases(plan: Plan, main_store: LedgerStore, main: _Target, large: _Tar
                 unary_runs.append(await _transfers_case(plan, main, matrix_workload, *unary, steps))
             else:
                 empty_runs.append(await _empty_case(plan, main, health, 64, steps))
-    report.cases += [_best(unary_runs), _best(empty_runs)]
+    report.cases += [best_of(unary_runs), best_of(empty_runs)]
     for concurrency in plan.empty_concurrency:
         if concurrency != 64:
             report.cases.append(await _empty_case(plan, main, health, concurrency, steps))
@@ -577,11 +572,6 @@ def _case_order(case: Case) -> tuple[int, int, int]:
     return 9, 0, 0
 
 
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _repeat(request: bytes, items: int) -> Iterator[tuple[bytes, int]]:

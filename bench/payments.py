@@ -60,7 +60,9 @@ from . import load
 from .report import (
     add_output_options,
     BenchFailure,
+    best_of,
     Case,
+    load_average,
     progress_bar,
     Ratio,
     Report,
@@ -444,11 +446,6 @@ class Steps:
         self.progress.update(self.task, completed=self.done)
 
 
-def _best(runs: list[Case]) -> Case:
-    best = max(runs, key=lambda c: c.rate_per_s)
-    if len(runs) > 1:
-        best.extra["runs_rate_per_s"] = [round(c.rate_per_s, 1) for c in runs]
-    return best
 
 
 def _offered_rate(c64_rate: float) -> int:
@@ -458,11 +455,6 @@ def _offered_rate(c64_rate: float) -> int:
     return max(1, int(round(target, -digits)))
 
 
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------- the run
@@ -480,7 +472,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> PaymentsReport:
         "offered_fraction_of_c64": OFFERED_FRACTION,
         "source": source_version(),
     }
-    report.machine["load_avg_1m_at_start"] = _load_avg()
+    report.machine["load_avg_1m_at_start"] = load_average()
     steps_total = (
         3  # funding, warm-up, stopping + check
         + 2 * plan.rounds  # c64 payments vs empty, alternating
@@ -514,7 +506,7 @@ async def _bench(plan: Plan, db: str | None, console: Any) -> PaymentsReport:
         report.notes.append(f"check after the run: {line}")
     finally:
         scratch.close()
-    report.machine["load_avg_1m_at_end"] = _load_avg()
+    report.machine["load_avg_1m_at_end"] = load_average()
     _ratios(report)
     _notes(plan, report)
     return report
@@ -540,7 +532,7 @@ async def _cases(plan: Plan, server: ServerProcess, api: Api, workload: Payments
                 pay_runs.append(await _payments_case(plan, server, api, workload, 64, steps))
             else:
                 empty_runs.append(await _empty_case(plan, server, api, 64, steps))
-    best_pay = _best(pay_runs)
+    best_pay = best_of(pay_runs)
     report.cases += [best_pay]
     report.cases.append(await _payments_case(plan, server, api, workload, 1, steps))
 
@@ -560,7 +552,7 @@ async def _cases(plan: Plan, server: ServerProcess, api: Api, workload: Payments
     steps.finish()
     report.cases.append(Case.from_latencies("payments_replay_c64", r.items, r.elapsed_s, r.latencies_s,
                                             concurrency=64, rejected=r.rejected, abandoned=r.abandoned, **cpu))
-    report.cases.append(_best(empty_runs))
+    report.cases.append(best_of(empty_runs))
     report.cases.append(await _empty_case(plan, server, api, 1, steps))
 
 

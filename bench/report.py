@@ -176,6 +176,22 @@ def stderr_console() -> Console:
     return Console(stderr=True)
 
 
+def best_of(runs: list[Case]) -> Case:
+    """The best of several runs of one case, with every run's rate alongside."""
+    best = max(runs, key=lambda c: c.rate_per_s)
+    if len(runs) > 1:
+        best.extra["runs_rate_per_s"] = [round(c.rate_per_s, 1) for c in runs]
+    return best
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, recorded beside each run (the machine is shared)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 class BenchFailure(RuntimeError):
     """The bench could not measure what it claims (a call failed, a server died, a check after
     the run found the books wrong): the bench exits 1 instead of printing a figure."""
