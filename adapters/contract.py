@@ -150,14 +150,81 @@ class StatementLine:
 
 
 @dataclass(frozen=True, slots=True)
-class FeeSchedule:
-    """Fee per transaction: fixed minor units plus basis points, rounded half up."""
+class FeeTier:
+    """From `from_amount` (minor units, per transaction) up, this fixed part and rate apply."""
 
+    from_amount: int
     fixed: int = 0
     bps: int = 0
 
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    """A channel's fee for one transaction, in integer minor units.
+
+    fee = fixed + amount x bps / 10,000, the basis-point part rounded half up
+    (amounts are positive, so half up is `(amount * bps + 5_000) // 10_000`);
+    the tier with the highest `from_amount` not above the amount replaces
+    `fixed` and `bps`; the result is then held between `minimum` and `maximum`.
+    """
+
+    fixed: int = 0
+    bps: int = 0
+    minimum: int = 0
+    maximum: int | None = None
+    tiers: tuple[FeeTier, ...] = ()  # ascending from_amount
+
     def fee_for(self, amount: int) -> int:
-        return self.fixed + (amount * self.bps + 5_000) // 10_000
+        fixed, bps = self.fixed, self.bps
+        for tier in self.tiers:
+            if amount < tier.from_amount:
+                break
+            fixed, bps = tier.fixed, tier.bps
+        fee = max(fixed + (amount * bps + 5_000) // 10_000, self.minimum)
+        return fee if self.maximum is None else min(fee, self.maximum)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "fee") -> FeeSchedule:
+        """Parse `{fixed, bps, minimum, maximum, tiers = [{from_amount, fixed, bps}, ...]}`
+        (every key optional); ValueError names the offending key."""
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where} must be a table with fixed, bps, minimum, maximum, tiers")
+        unknown = set(table) - {"fixed", "bps", "minimum", "maximum", "tiers"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+
+        def count(value: Any, key: str) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{where}.{key} must be a non-negative integer (minor units or basis points)")
+            return value
+
+        tiers = []
+        raw_tiers = table.get("tiers", [])
+        if not isinstance(raw_tiers, (list, tuple)):
+            raise ValueError(f"{where}.tiers must be a list of tables")
+        for i, tier in enumerate(raw_tiers):
+            if not isinstance(tier, Mapping) or "from_amount" not in tier or set(tier) - {"from_amount", "fixed", "bps"}:
+                raise ValueError(f"{where}.tiers[{i}] must be a table with from_amount, fixed, bps")
+            tiers.append(FeeTier(count(tier["from_amount"], f"tiers[{i}].from_amount"),
+                                 count(tier.get("fixed", 0), f"tiers[{i}].fixed"),
+                                 count(tier.get("bps", 0), f"tiers[{i}].bps")))
+        if any(a.from_amount >= b.from_amount for a, b in zip(tiers, tiers[1:])):
+            raise ValueError(f"{where}.tiers must be in strictly ascending from_amount")
+        maximum = table.get("maximum")
+        schedule = cls(count(table.get("fixed", 0), "fixed"), count(table.get("bps", 0), "bps"),
+                       count(table.get("minimum", 0), "minimum"),
+                       None if maximum is None else count(maximum, "maximum"), tuple(tiers))
+        if schedule.maximum is not None and schedule.maximum < schedule.minimum:
+            raise ValueError(f"{where}.maximum is below its minimum")
+        return schedule
+
+    def to_table(self) -> dict[str, Any]:
+        table: dict[str, Any] = {"fixed": self.fixed, "bps": self.bps, "minimum": self.minimum}
+        if self.maximum is not None:
+            table["maximum"] = self.maximum
+        if self.tiers:
+            table["tiers"] = [{"from_amount": t.from_amount, "fixed": t.fixed, "bps": t.bps} for t in self.tiers]
+        return table
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,12 @@ class CircuitBreaker:
         self._probe_successes = 0
         self.forced_open = False  # an operator's switch: open until released
 
+    def reconfigure(self, settings: BreakerSettings) -> None:
+        """New settings from a routing configuration; the state and recent faults are kept."""
+        if settings.window != self.settings.window:
+            self._faults = deque(self._faults, maxlen=settings.window)
+        self.settings = settings
+
     @property
     def state(self) -> BreakerState:
         if self.forced_open:

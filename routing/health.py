@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Reasons that are the payer's doing, not the channel's (our reason codes, adapters/contract.py).
@@ -29,30 +30,41 @@ def is_payer_decline(reason: str) -> bool:
 @dataclass
 class ChannelHealth:
     window: int = 200  # outcomes remembered
+    max_age_s: float = 600.0  # and none older than this: an old outage is forgotten
     prior_successes: float = 1.0  # Beta(1, 1): nothing known yet
     prior_failures: float = 1.0
-    _outcomes: deque[bool] = field(default_factory=deque)  # True: the channel did its job
+    clock: Callable[[], float] = field(default=lambda: 0.0)
+    _outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, the channel did its job)
+    _ok: int = 0
     _latencies_ms: deque[float] = field(default_factory=deque)
 
     def record(self, *, succeeded: bool, reason: str = "", latency_ms: float | None = None) -> None:
         """An answer the channel gave. A FAILED answer that is the payer's decline counts as
         the channel working (it answered, correctly); timeouts, UNKNOWN, 5xx count against it."""
         worked = succeeded or is_payer_decline(reason)
-        self._outcomes.append(worked)
-        if len(self._outcomes) > self.window:
-            self._outcomes.popleft()
+        self._outcomes.append((self.clock(), worked))
+        self._ok += worked
+        while len(self._outcomes) > self.window:
+            self._ok -= self._outcomes.popleft()[1]
         if latency_ms is not None:
             self._latencies_ms.append(latency_ms)
             if len(self._latencies_ms) > self.window:
                 self._latencies_ms.popleft()
 
+    def _expire(self) -> None:
+        horizon = self.clock() - self.max_age_s
+        outcomes = self._outcomes
+        while outcomes and outcomes[0][0] < horizon:
+            self._ok -= outcomes.popleft()[1]
+
     @property
     def samples(self) -> int:
+        self._expire()
         return len(self._outcomes)
 
     def posterior(self) -> tuple[float, float]:
-        ok = sum(self._outcomes)
-        return self.prior_successes + ok, self.prior_failures + len(self._outcomes) - ok
+        self._expire()
+        return self.prior_successes + self._ok, self.prior_failures + len(self._outcomes) - self._ok
 
     def mean(self) -> float:
         a, b = self.posterior()

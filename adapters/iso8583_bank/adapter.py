@@ -66,7 +66,9 @@ class Iso8583BankAdapter:
             raise ValueError(f"channel {self.name!r}: no ISO 4217 numeric code for {sorted(unknown)}")
         self._min_amount = int(s.get("min_amount", 1))
         self._max_amount = min(int(s.get("max_amount", transformers.MAX_AMOUNT)), transformers.MAX_AMOUNT)
-        fee = FeeSchedule(int(s.get("fee_fixed", 0)), int(s.get("fee_bps", 0)))
+        # `fee` as a table (fixed, bps, minimum, maximum, tiers) or the flat fee_fixed / fee_bps.
+        fee = FeeSchedule.from_table(s["fee"]) if "fee" in s else \
+            FeeSchedule(int(s.get("fee_fixed", 0)), int(s.get("fee_bps", 0)))
         self._fees = {currency: fee for currency in self._currencies}
         self._bin_ranges = tuple((str(low), str(high)) for low, high in s.get("bin_ranges", ()))
         self._statement_url = str(s.get("statement_url", "")).rstrip("/")

@@ -78,11 +78,11 @@ class _Transport(Exception):
 def _fees(settings: Mapping[str, Any], currencies: frozenset[str]) -> dict[str, FeeSchedule]:
     fee = settings.get("fee") or {}
     if not isinstance(fee, Mapping):
-        raise ValueError("psp setting 'fee' must be a table: {fixed, bps} or {CURRENCY: {fixed, bps}}")
-    if "fixed" in fee or "bps" in fee:
-        schedule = FeeSchedule(int(fee.get("fixed", 0)), int(fee.get("bps", 0)))
+        raise ValueError("psp setting 'fee' must be a table: {fixed, bps, minimum, maximum, tiers} or one per currency")
+    if not fee or set(fee) & {"fixed", "bps", "minimum", "maximum", "tiers"}:
+        schedule = FeeSchedule.from_table(fee)
         return {currency: schedule for currency in currencies}
-    return {str(c): FeeSchedule(int(v.get("fixed", 0)), int(v.get("bps", 0))) for c, v in fee.items()}
+    return {str(c): FeeSchedule.from_table(v, f"fee.{c}") for c, v in fee.items()}
 
 
 class PspAdapter:

@@ -65,10 +65,10 @@ class TransferSettings:
             raise ConfigError("settings.currencies must be a list of ISO 4217 codes")
         fees: dict[str, FeeSchedule] = {}
         for currency, fee in dict(s.get("fees", {})).items():
-            if not isinstance(fee, Mapping):
-                raise ConfigError(f"settings.fees.{currency} must be a table with fixed and bps")
-            fees[str(currency)] = FeeSchedule(fixed=_int(fee, "fixed", f"fees.{currency}.fixed", 0),
-                                              bps=_int(fee, "bps", f"fees.{currency}.bps", 0))
+            try:
+                fees[str(currency)] = FeeSchedule.from_table(fee, f"settings.fees.{currency}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         callback_url = str(s.get("callback_url", ""))
         callback_path = str(s.get("callback_path", "")) or (urlsplit(callback_url).path if callback_url else "")
         accounts = s.get("accounts", {})

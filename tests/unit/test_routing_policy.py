@@ -6,14 +6,14 @@ from __future__ import annotations
 from dualflow.adapters.contract import Capabilities, FeeSchedule, Flow
 from dualflow.core.payments.model import Asset
 from dualflow.routing.breaker import BreakerSettings
-from dualflow.routing.policy import ChannelTerms, MerchantRule, RouteRequest, Router
+from dualflow.routing.config import ChannelRule, MerchantRule, RoutingConfig
+from dualflow.routing.policy import RouteRequest, Router
 
 
-def terms(name: str, bps: int, **kw: object) -> ChannelTerms:
-    caps = Capabilities(channel=name, assets=frozenset({Asset.BANK_CARD}), currencies=frozenset({"CNY"}),
+def caps(name: str, bps: int, **kw: object) -> Capabilities:
+    return Capabilities(channel=name, assets=frozenset({Asset.BANK_CARD}), currencies=frozenset({"CNY"}),
                         flows=frozenset({Flow.PAY, Flow.QUERY}), fees={"CNY": FeeSchedule(bps=bps)},
-                        **{k: v for k, v in kw.items() if k in ("min_amount", "max_amount", "bin_ranges")})
-    return ChannelTerms(caps, **{k: v for k, v in kw.items() if k in ("enabled", "daily_cap", "maintenance")})
+                        **kw)  # type: ignore[arg-type]
 
 
 CARD = RouteRequest(Asset.BANK_CARD, "CNY", 10_000, card_bin="411111", merchant_id="shop")
@@ -28,22 +28,25 @@ class Clock:
 
 def test_ineligible_channels_are_excluded_with_reasons_and_never_fall_back() -> None:
     clock = Clock()
+    config = RoutingConfig(version=7, channels={
+        "off": ChannelRule(enabled=False), "maint": ChannelRule(maintenance=((clock.now - 1, clock.now + 60),)),
+        "capped": ChannelRule(daily_caps={"CNY": 15_000}),
+    }, merchants={"shop": MerchantRule(deny=frozenset({"denied"}))})
     router = Router([
-        terms("a", 50), terms("off", 10, enabled=False),
-        terms("maint", 10, maintenance=((clock.now - 1, clock.now + 60),)),
-        terms("small", 10, max_amount=5_000), terms("unionpay", 10, bin_ranges=(("62", "62"),)),
-        terms("capped", 10, daily_cap=15_000), terms("denied", 10),
-    ], merchant_rules={"shop": MerchantRule(deny=frozenset({"denied"}))}, clock=clock)
+        caps("a", 50), caps("off", 10), caps("maint", 10), caps("small", 10, max_amount=5_000),
+        caps("unionpay", 10, bin_ranges=(("62", "62"),)), caps("capped", 10), caps("denied", 10),
+    ], config, clock=clock)
     router.sent("capped", RouteRequest(Asset.BANK_CARD, "CNY", 10_000))
     decision = router.decide(CARD)
-    assert decision.order == ("a",)
+    assert decision.order == ("a",) and decision.reason == "ONLY_CANDIDATE" and decision.config_version == 7
     assert decision.excluded == {"off": "DISABLED", "maint": "MAINTENANCE", "small": "AMOUNT_LIMIT",
                                  "unionpay": "CARD_BIN", "capped": "DAILY_CAP", "denied": "MERCHANT_RULE"}
+    assert router.eligible("capped", CARD) == "DAILY_CAP" and router.eligible("a", CARD) == ""
     assert router.decide(RouteRequest(Asset.BANK_TRANSFER, "CNY", 1)).chosen is None
 
 
 def test_equal_health_goes_to_the_cheaper_channel_and_pinning_wins() -> None:
-    router = Router([terms("dear", 80), terms("cheap", 20)], seed=3)
+    router = Router([caps("dear", 80), caps("cheap", 20)], seed=3)
     for name in ("dear", "cheap"):
         for _ in range(200):
             router.record(name, succeeded=True)
@@ -51,15 +54,17 @@ def test_equal_health_goes_to_the_cheaper_channel_and_pinning_wins() -> None:
     # Thompson sampling keeps exploring a little; the cheaper of two equally healthy channels
     # gets most of the traffic.
     assert chosen.count("cheap") > 150
-    pinned = Router([terms("dear", 80), terms("cheap", 20)],
-                    merchant_rules={"shop": MerchantRule(pinned="dear")})
-    assert pinned.decide(CARD).order == ("dear",)
+    pinned = Router([caps("dear", 80), caps("cheap", 20)],
+                    RoutingConfig(merchants={"shop": MerchantRule(pinned="dear")}))
+    decision = pinned.decide(CARD)
+    assert decision.order == ("dear",) and decision.reason == "PINNED"
+    assert decision.excluded == {"cheap": "PINNED_ELSEWHERE"}
 
 
 def test_failing_channel_loses_traffic_by_breaker_and_wins_it_back_after_recovery() -> None:
     clock = Clock()
     settings = BreakerSettings(window=20, min_samples=10, open_at=0.5, cool_down_s=60, probes=2, probes_to_close=2)
-    router = Router([terms("a", 20), terms("b", 40)], seed=1, clock=clock, breaker_settings=settings)
+    router = Router([caps("a", 20), caps("b", 40)], RoutingConfig(breaker=settings), seed=1, clock=clock)
     for _ in range(50):
         router.record("a", succeeded=True)
         router.record("b", succeeded=True)
@@ -73,18 +78,45 @@ def test_failing_channel_loses_traffic_by_breaker_and_wins_it_back_after_recover
         router.sent("a", CARD)
         router.record("a", succeeded=True)
     assert router.breakers["a"].allows()
-    for _ in range(200):  # the health window (200 outcomes) forgets the outage
+    clock.now += 601  # the health estimate forgets outcomes older than health_max_age_s
+    for _ in range(20):
         router.record("a", succeeded=True)
     chosen = [router.decide(CARD).chosen for _ in range(100)]
     assert chosen.count("a") > 50, "recovered and cheaper: most traffic is back"
 
 
 def test_payer_declines_do_not_open_the_breaker_and_decisions_are_reproducible() -> None:
-    router = Router([terms("a", 20)], seed=5)
+    router = Router([caps("a", 20)], seed=5)
     for _ in range(100):
         router.sent("a", CARD)
         router.record("a", succeeded=False, reason="INSUFFICIENT_FUNDS")
     assert router.decide(CARD).chosen == "a"
-    first = Router([terms("a", 20), terms("b", 20)], seed=9)
-    second = Router([terms("a", 20), terms("b", 20)], seed=9)
+    first = Router([caps("a", 20), caps("b", 20)], seed=9, clock=Clock())
+    second = Router([caps("a", 20), caps("b", 20)], seed=9, clock=Clock())
     assert [first.decide(CARD).candidates for _ in range(20)] == [second.decide(CARD).candidates for _ in range(20)]
+
+
+def test_a_new_configuration_changes_fees_and_keeps_what_was_learned() -> None:
+    clock = Clock()
+    router = Router([caps("a", 20), caps("b", 40)], clock=clock)
+    for _ in range(30):
+        router.record("a", succeeded=False, reason="TIMEOUT")
+    assert router.fee("b", "CNY", 10_000) == 40
+    tiered = FeeSchedule.from_table({"fixed": 0, "bps": 10, "minimum": 15, "tiers": [{"from_amount": 50_000, "bps": 5}]})
+    router.apply(RoutingConfig(version=2, channels={"b": ChannelRule(fees={"CNY": tiered})}))
+    assert router.fee("b", "CNY", 10_000) == 15  # 10 by rate, held at the minimum
+    assert router.fee("b", "CNY", 100_000) == 50  # the 5 bps tier
+    assert router.view("a").samples == 30 and router.view("a").estimated_success < 0.1
+    assert router.decide(CARD).config_version == 2
+
+
+def test_fee_schedule_rounds_half_up_and_rejects_bad_tables() -> None:
+    assert FeeSchedule(bps=55).fee_for(10) == 0 and FeeSchedule(bps=50).fee_for(100) == 1  # 0.055 / 0.5
+    assert FeeSchedule(fixed=100, bps=60, maximum=500).fee_for(1_000_000) == 500
+    for bad in ({"bps": -1}, {"fixed": 1.5}, {"tiers": [{"from_amount": 5}, {"from_amount": 5}]},
+                {"minimum": 10, "maximum": 5}, {"rate": 3}):
+        try:
+            FeeSchedule.from_table(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
