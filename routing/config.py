@@ -38,6 +38,7 @@ class ChannelRule:
     daily_caps: Mapping[str, int] = field(default_factory=dict)  # currency -> minor units per UTC day
     bank_codes: frozenset[str] | None = None  # payer banks served (bank transfers); None: any
     fees: Mapping[str, FeeSchedule] = field(default_factory=dict)  # currency -> replaces the adapter's
+    breaker_forced_open: bool = False  # an operator's switch: no traffic until released
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,10 @@ class RoutingConfig:
     # Score = sampled success probability - fee_weight x fee / amount: at 1.0, one
     # percentage point of approval is worth a fee of 1% of the amount.
     fee_weight: float = 1.0
+    # How widely the success estimate is sampled: 1 is Thompson sampling, 0 is greedy on the
+    # posterior mean (deterministic; a recovered channel then wins traffic back only as its
+    # old faults age out of the estimate), in between scales the sample towards the mean.
+    exploration: float = 1.0
     channels: Mapping[str, ChannelRule] = field(default_factory=dict)
     merchants: Mapping[str, MerchantRule] = field(default_factory=dict)
     breaker: BreakerSettings = BreakerSettings()
@@ -82,11 +87,13 @@ def parse(table: Mapping[str, Any], known_channels: Sequence[str], *, version: i
             problems.append((path, why))
         return ok
 
-    unknown_keys = set(table) - {"fee_weight", "channels", "merchants", "breaker", "health_window",
+    unknown_keys = set(table) - {"fee_weight", "exploration", "channels", "merchants", "breaker", "health_window",
                                  "health_max_age_s", "fallback_deadline_s", "version"}
     check(not unknown_keys, "", f"unknown keys {sorted(unknown_keys)}")
     fee_weight = table.get("fee_weight", 1.0)
     check(_number(fee_weight) and 0 <= fee_weight <= 1_000, "fee_weight", "must be a number in [0, 1000]")
+    exploration = table.get("exploration", 1.0)
+    check(_number(exploration) and 0 <= exploration <= 1, "exploration", "must be a number in [0, 1]")
     health_window = table.get("health_window", 200)
     check(_count(health_window) and 10 <= health_window <= 100_000, "health_window",
           "must be an integer in [10, 100000]")
@@ -146,16 +153,20 @@ def parse(table: Mapping[str, Any], known_channels: Sequence[str], *, version: i
 
     if problems:
         raise ConfigRejected(problems)
-    return RoutingConfig(version=version, fee_weight=float(fee_weight), channels=channels, merchants=merchants,
+    return RoutingConfig(version=version, fee_weight=float(fee_weight), exploration=float(exploration),
+                         channels=channels, merchants=merchants,
                          breaker=breaker, health_window=int(health_window), health_max_age_s=float(max_age),
                          fallback_deadline_s=float(deadline))
 
 
 def _channel_rule(raw: Mapping[str, Any], path: str, check: Any) -> ChannelRule | None:
-    bad = set(raw) - {"enabled", "disabled_reason", "maintenance", "daily_caps", "bank_codes", "fees"}
+    bad = set(raw) - {"enabled", "disabled_reason", "maintenance", "daily_caps", "bank_codes", "fees",
+                      "breaker_forced_open"}
     ok = check(not bad, path, f"unknown keys {sorted(bad)}")
     enabled = raw.get("enabled", True)
     ok &= check(isinstance(enabled, bool), f"{path}.enabled", "must be true or false")
+    forced = raw.get("breaker_forced_open", False)
+    ok &= check(isinstance(forced, bool), f"{path}.breaker_forced_open", "must be true or false")
     reason = raw.get("disabled_reason", "")
     ok &= check(isinstance(reason, str) and len(reason) <= 200, f"{path}.disabled_reason",
                 "must be text of at most 200 characters")
@@ -197,7 +208,8 @@ def _channel_rule(raw: Mapping[str, Any], path: str, check: Any) -> ChannelRule 
     if not ok:
         return None
     return ChannelRule(enabled=enabled, disabled_reason=reason, maintenance=tuple(windows), daily_caps=caps,
-                       bank_codes=frozenset(bank_codes) if bank_codes is not None else None, fees=fees)
+                       bank_codes=frozenset(bank_codes) if bank_codes is not None else None, fees=fees,
+                       breaker_forced_open=forced)
 
 
 def to_table(config: RoutingConfig) -> dict[str, Any]:
@@ -215,6 +227,8 @@ def to_table(config: RoutingConfig) -> dict[str, Any]:
             entry["bank_codes"] = sorted(rule.bank_codes)
         if rule.fees:
             entry["fees"] = {c: f.to_table() for c, f in sorted(rule.fees.items())}
+        if rule.breaker_forced_open:
+            entry["breaker_forced_open"] = True
         channels[name] = entry
     merchants: dict[str, Any] = {}
     for merchant_id, m in sorted(config.merchants.items()):
@@ -228,7 +242,7 @@ def to_table(config: RoutingConfig) -> dict[str, Any]:
         merchants[merchant_id] = entry
     b = config.breaker
     return {
-        "fee_weight": config.fee_weight, "health_window": config.health_window,
+        "fee_weight": config.fee_weight, "exploration": config.exploration, "health_window": config.health_window,
         "health_max_age_s": config.health_max_age_s, "fallback_deadline_s": config.fallback_deadline_s,
         "breaker": {"window": b.window, "min_samples": b.min_samples, "open_at": b.open_at,
                     "cool_down_s": b.cool_down_s, "probes": b.probes, "probes_to_close": b.probes_to_close},

@@ -107,6 +107,7 @@ class Router:
                 self.breakers[name] = CircuitBreaker(config.breaker, clock=self.clock)
             else:
                 breaker.reconfigure(config.breaker)
+            self.breakers[name].forced_open = config.rule(name).breaker_forced_open
         self.config = config
         # The hot path reads these per decision: resolve rules and fees once per configuration.
         self._terms = [(name, caps, config.rule(name), _fees(caps, config.rule(name)))
@@ -124,6 +125,7 @@ class Router:
         excluded: dict[str, str] = {}
         candidates: list[Candidate] = []
         amount = max(request.amount, 1)
+        exploration = config.exploration
         for name, caps, channel_rule, fees in self._terms:
             reason = self._exclusion(name, caps, channel_rule, request, rule, now, day)
             if reason:
@@ -131,7 +133,14 @@ class Router:
                 continue
             schedule = fees.get(request.currency)
             fee = schedule.fee_for(request.amount) if schedule else 0
-            success = self.health[name].sample(self._rng)
+            health = self.health[name]
+            if exploration == 1.0:
+                success = health.sample(self._rng)
+            elif exploration == 0.0:
+                success = health.mean()  # greedy: deterministic, the cheapest of equals wins
+            else:
+                mean = health.mean()
+                success = mean + exploration * (health.sample(self._rng) - mean)
             candidates.append(Candidate(name, success, fee, success - config.fee_weight * fee / amount))
         candidates.sort(key=lambda c: (-c.score, c.fee, c.channel))
         names = tuple(c.channel for c in candidates)
