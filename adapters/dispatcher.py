@@ -10,23 +10,28 @@ Payment state lives in the payment gateway, never here: a callback's answer is
 handed to `on_answer`, which applies it idempotently (a duplicate or a replay
 changes nothing, in any order relative to poll answers).
 
-Which channel carries a payment: the eligible ones (capabilities: asset,
-currency, amount, card BIN), cheapest first. The smart router replaces this
-ordering with health and fees.
+Which channel carries a payment is the smart router's decision
+(routing/policy.py): eligibility, learned health and fees. The gateway feeds it
+every answer a channel gives to a payment, so it learns from real outcomes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction
-from dualflow.core.payments.model import Asset
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction, RouteQuery
+from dualflow.core.payments.model import RouteCandidate, Routing
+from dualflow.routing import metrics as routing_metrics
+from dualflow.routing.config import RoutingConfig
+from dualflow.routing.health import is_payer_decline
+from dualflow.routing.policy import RouteRequest, Router
 
 from . import metrics
 from .contract import (
@@ -71,8 +76,14 @@ def object_id_of(instruction_id: str) -> str:
 
 class FinancialGateway:
     def __init__(self, adapters: Sequence[ChannelAdapter], *, cards: CardSource | None = None,
-                 callback_host: str = "127.0.0.1", callback_port: int | None = 0) -> None:
+                 callback_host: str = "127.0.0.1", callback_port: int | None = 0,
+                 routing: RoutingConfig = RoutingConfig(), seed: int | None = None) -> None:
         self.adapters: dict[str, ChannelAdapter] = {a.name: a for a in adapters}
+        # Without a seed the router explores differently in each process (Thompson sampling);
+        # tests pass one to make decisions reproducible.
+        self.router = Router([a.describe() for a in adapters], routing,
+                             seed=seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        routing_metrics.track(self.router)
         self.cards = cards
         self.callback_host = callback_host
         self.callback_port = callback_port  # None: no listener
@@ -106,14 +117,37 @@ class FinancialGateway:
                 log.warning("closing channel %s failed", adapter.name, exc_info=True)
 
     # ---- ChannelDispatcher
-    def channels_for(self, asset: Asset, currency: str, amount: int, card_bin: str = "") -> Sequence[str]:
-        eligible = []
-        for name, adapter in self.adapters.items():
-            caps = adapter.describe()
-            if caps.accepts(asset, currency, amount, card_bin):
-                fee = caps.fees.get(currency)
-                eligible.append((fee.fee_for(amount) if fee else 0, name))
-        return [name for _fee, name in sorted(eligible)]
+    def route(self, query: RouteQuery) -> Routing:
+        started = time.perf_counter()
+        decision = self.router.decide(_request(query))
+        routing_metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        routing_metrics.DECISIONS.labels(decision.chosen or "none", decision.reason).inc()
+        for name, why in decision.excluded.items():
+            routing_metrics.EXCLUSIONS.labels(name, why).inc()
+        return Routing(
+            chosen=decision.chosen or "", reason=decision.reason, fallbacks=decision.fallbacks,
+            candidates=tuple(RouteCandidate(c.channel, c.success, c.fee, c.score) for c in decision.candidates),
+            excluded=tuple(sorted(decision.excluded.items())), config_version=decision.config_version)
+
+    def sent(self, channel: str, query: RouteQuery) -> None:
+        if channel in self.router.capabilities:
+            self.router.sent(channel, _request(query))
+
+    def next_channel(self, query: RouteQuery, routing: Routing, tried: frozenset[str], age_s: float) -> str:
+        if age_s > self.router.config.fallback_deadline_s:
+            routing_metrics.DECISIONS.labels("none", "FALLBACK_DEADLINE_PASSED").inc()
+            return ""
+        request = _request(query)
+        for name in routing.fallbacks:
+            if name in tried:
+                continue
+            why = self.router.eligible(name, request)
+            if not why:
+                routing_metrics.DECISIONS.labels(name, "FALLBACK").inc()
+                return name
+            routing_metrics.EXCLUSIONS.labels(name, why).inc()
+        routing_metrics.DECISIONS.labels("none", "NO_FALLBACK_LEFT").inc()
+        return ""
 
     def supports_reversal(self, channel: str) -> bool:
         adapter = self.adapters.get(channel)
@@ -131,7 +165,13 @@ class FinancialGateway:
                 currency=instruction.currency))
         else:
             reveal = adapter.describe().needs_card_number
-            result = await adapter.submit(await self._pay_instruction(instruction, reveal_card=reveal))
+            try:
+                result = await adapter.submit(await self._pay_instruction(instruction, reveal_card=reveal))
+            except BaseException as exc:  # noqa: BLE001 - the caller's timeout cancels us: a fault too
+                self._learn(adapter.name, ChannelResult(Outcome.UNKNOWN, f"SUBMIT_{type(exc).__name__.upper()}"),
+                            started)
+                raise
+            self._learn(adapter.name, result, started)
         self._observe(adapter.name, instruction.kind, result, started)
         return answer_of(result)
 
@@ -177,6 +217,16 @@ class FinancialGateway:
             currency=instruction.currency, card=card, bank_account=instruction.bank_account,
             description=instruction.description)
 
+    def _learn(self, channel: str, result: ChannelResult, started: float) -> None:
+        """What a payment's submission says about the channel. PENDING counts as the channel
+        working (it accepted the order; PSPs answer later by callback); a later final answer is
+        not counted again. NOT_SUBMITTED, UNKNOWN and non-payer failures are channel faults."""
+        succeeded = result.outcome in (Outcome.SUCCEEDED, Outcome.PENDING)
+        self.router.record(channel, succeeded=succeeded, reason=result.reason,
+                           latency_ms=(time.perf_counter() - started) * 1_000)
+        kind = "success" if succeeded else "payer_decline" if is_payer_decline(result.reason) else "channel_fault"
+        routing_metrics.OUTCOMES.labels(channel, kind).inc()
+
     @staticmethod
     def _observe(channel: str, flow: str, result: ChannelResult, started: float) -> None:
         metrics.REQUESTS.labels(channel, flow, result.outcome.value).inc()
@@ -204,6 +254,11 @@ class FinancialGateway:
                 log.exception("applying a callback from %s failed", adapter.name)
                 return _response(adapter.callback_response(False), status=500)
         return _response(adapter.callback_response(True))
+
+
+def _request(query: RouteQuery) -> RouteRequest:
+    return RouteRequest(query.asset, query.currency, query.amount, card_bin=query.card_bin,
+                        bank_code=query.bank_code, merchant_id=query.merchant_id)
 
 
 def _response(parts: tuple[int, bytes, Mapping[str, str]], status: int | None = None) -> web.Response:

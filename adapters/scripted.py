@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction
-from dualflow.core.payments.model import Asset
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome, Instruction, RouteQuery
+from dualflow.core.payments.model import Routing
 
 SUCCEEDED = ChannelAnswer(ChannelOutcome.SUCCEEDED)
 PENDING = ChannelAnswer(ChannelOutcome.PENDING)
@@ -56,8 +56,15 @@ class ScriptedChannel:
     def name(self) -> str:
         return self.names[0]
 
-    def channels_for(self, asset: Asset, currency: str, amount: int, card_bin: str = "") -> Sequence[str]:
-        return self.names
+    def route(self, query: RouteQuery) -> Routing:
+        # Static: the names in order, the first chosen. Tests of the smart router use the real one.
+        return Routing(chosen=self.names[0], reason="STATIC", fallbacks=self.names[1:])
+
+    def sent(self, channel: str, query: RouteQuery) -> None:
+        pass
+
+    def next_channel(self, query: RouteQuery, routing: Routing, tried: frozenset[str], age_s: float) -> str:
+        return next((name for name in routing.fallbacks if name not in tried), "")
 
     def supports_reversal(self, channel: str) -> bool:
         return self.reversible

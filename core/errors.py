@@ -63,6 +63,12 @@ class PreconditionFailed(DualflowError):
     reason = "FAILED_PRECONDITION"
 
 
+class Aborted(DualflowError):
+    """A concurrent change won (optimistic concurrency): read again, then retry."""
+
+    reason = "ABORTED"
+
+
 class Overloaded(DualflowError):
     reason = "OVERLOADED"
 

@@ -47,15 +47,18 @@ PAYMENTS_WRITE: Final = "payments.write"  # create, cancel, refund
 CARDS_TOKENIZE: Final = "cards.tokenize"
 EVENTS_READ: Final = "events.read"  # event streams: SubscribeEvents, WatchPayment
 WEBHOOKS_MANAGE: Final = "webhooks.manage"
+ROUTING_READ: Final = "routing.read"  # routing configuration and channel health
+ROUTING_MANAGE: Final = "routing.manage"  # replace the configuration, disable channels, force breakers
 ADMIN: Final = "admin"  # every permission above
 
 PERMISSIONS: Final[frozenset[str]] = frozenset({
     LEDGER_READ, LEDGER_WRITE, PAYMENTS_READ, PAYMENTS_WRITE, CARDS_TOKENIZE, EVENTS_READ,
-    WEBHOOKS_MANAGE, ADMIN,
+    WEBHOOKS_MANAGE, ROUTING_READ, ROUTING_MANAGE, ADMIN,
 })
 
 _LEDGER = "/dualflow.v1.Ledger/"
 _PAYMENTS = "/dualflow.v1.PaymentGateway/"
+_ROUTING = "/dualflow.v1.RoutingAdmin/"
 
 # Full gRPC method name -> the one permission it needs. A unit test walks every
 # service in the generated dualflow.v1 descriptors and fails on a method missing
@@ -81,6 +84,11 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType({
     _PAYMENTS + "DisableWebhook": WEBHOOKS_MANAGE,
     _PAYMENTS + "ListDeadLetters": WEBHOOKS_MANAGE,
     _PAYMENTS + "RedeliverWebhook": WEBHOOKS_MANAGE,
+    _ROUTING + "GetRoutingConfig": ROUTING_READ,
+    _ROUTING + "ListChannelHealth": ROUTING_READ,
+    _ROUTING + "ReplaceRoutingConfig": ROUTING_MANAGE,
+    _ROUTING + "SetChannelEnabled": ROUTING_MANAGE,
+    _ROUTING + "ForceBreaker": ROUTING_MANAGE,
 })
 
 # Services anyone may call without credentials: load balancers probe health and

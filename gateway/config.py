@@ -100,6 +100,14 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    # The router's operator configuration (routing/config.py), watched and re-read when it
+    # changes; None: the newest version stored in the database, or the defaults.
+    file: Path | None = None
+    seed: int | None = None  # fixes the router's exploration sequence (tests, demos); None: random
+
+
+@dataclass(frozen=True, slots=True)
 class PlatformConfig:
     vault: VaultConfig | None = None
     merchants: tuple[MerchantConfig, ...] = ()
@@ -107,6 +115,7 @@ class PlatformConfig:
     payments: PaymentsConfig = PaymentsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     channels: tuple[ChannelConfig, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
     _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -153,7 +162,7 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     """Validate an already-parsed TOML document (what load_config does after reading the file)."""
-    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels"})
+    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels", "routing"})
     vault = _vault(data["vault"], "vault") if "vault" in data else None
     merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
     seen: dict[str, int] = {}
@@ -171,7 +180,18 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
         if name in names[:i]:
             raise ConfigError(f"channels[{i}].name", f"{name!r} is also channels[{names.index(name)}]")
     return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
-                          channels=channels)
+                          channels=channels, routing=_routing(data.get("routing", {}), "routing"))
+
+
+def _routing(value: Any, at: str) -> RoutingSettings:
+    table = _table(value, at)
+    _known_keys(table, at, {"file", "seed"})
+    seed = table.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"{at}.seed", "must be an integer")
+    # The file may not exist yet (it is watched); its content is validated when read.
+    file = Path(_string(table["file"], f"{at}.file")) if "file" in table else None
+    return RoutingSettings(file=file, seed=seed)
 
 
 def _channel(value: Any, at: str) -> ChannelConfig:

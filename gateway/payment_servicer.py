@@ -55,6 +55,14 @@ def payment_to_pb(p: Payment) -> pb.Payment:
         msg.bank_account.CopyFrom(pb.BankAccountRef(bank_code=p.bank_account.bank_code,
                                                     account_last4=p.bank_account.account_last4,
                                                     holder_name=p.bank_account.holder_name))
+    if p.routing is not None:
+        r = p.routing
+        msg.routing.CopyFrom(pb.RoutingDecision(
+            chosen=r.chosen, reason=r.reason, fallbacks=r.fallbacks, config_version=r.config_version,
+            rerouted_from=r.rerouted_from,
+            candidates=[pb.RouteCandidate(channel=c.channel, estimated_success=c.estimated_success, fee=c.fee,
+                                          score=c.score) for c in r.candidates],
+            excluded=[pb.RouteExclusion(channel=name, reason=why) for name, why in r.excluded]))
     return msg
 
 

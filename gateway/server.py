@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -23,17 +24,21 @@ from dualflow.adapters.registry import build as build_adapter
 from dualflow.core.ledger.open_store import store_from_url
 from dualflow.core.ledger.service import LedgerService
 from dualflow.core.payments.dispatch import ChannelAnswer, ChannelDispatcher
-from dualflow.core.payments.model import Merchant
+from dualflow.core.payments.model import Asset, Merchant, PaymentStatus
+from dualflow.core.payments.records import PAYMENT_SCHEMA, payment_from_body
 from dualflow.core.payments.service import PaymentService
 from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
 from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
-from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
+from dualflow.routing.control import RoutingControl
+from dualflow.routing.policy import DAY_S
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, routing_pb2, routing_pb2_grpc
 
 from .auth import AccessControl, server_credentials
 from .config import PlatformConfig, load_config
 from .interceptors import ServerInterceptor
 from .ledger_servicer import LedgerServicer
 from .payment_servicer import PaymentGatewayServicer
+from .routing_servicer import RoutingAdminServicer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ DRAIN_QUIET_S = 0.1
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
     payments_pb2.DESCRIPTOR.services_by_name["PaymentGateway"].full_name,
+    routing_pb2.DESCRIPTOR.services_by_name["RoutingAdmin"].full_name,
 )
 
 
@@ -72,6 +78,7 @@ def create_server(ledger: LedgerService, address: str, *,
                   interceptor: ServerInterceptor | None = None,
                   health_servicer: health.aio.HealthServicer | None = None,
                   payments: PaymentGatewayServicer | None = None,
+                  routing: RoutingAdminServicer | None = None,
                   credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
@@ -85,6 +92,8 @@ def create_server(ledger: LedgerService, address: str, *,
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(ledger), server)
     if payments is not None:
         payments_pb2_grpc.add_PaymentGatewayServicer_to_server(payments, server)
+    if routing is not None:
+        routing_pb2_grpc.add_RoutingAdminServicer_to_server(routing, server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -109,9 +118,12 @@ class Platform:
         self.vault = CardVault(self.ledger, KeyRing(dict(vault.keys), vault.active,
                                                     fingerprint_key=vault.fingerprint_key)) if vault else None
         self.gateway: FinancialGateway | None = None
+        self.routing: RoutingControl | None = None
         if dispatcher is None and self.settings.channels:
             self.gateway = FinancialGateway([build_adapter(c) for c in self.settings.channels], cards=self.vault,
-                                            callback_host=config.callback_host, callback_port=config.callback_port)
+                                            callback_host=config.callback_host, callback_port=config.callback_port,
+                                            seed=self.settings.routing.seed)
+            self.routing = RoutingControl(self.gateway.router, self.ledger, file=self.settings.routing.file)
             dispatcher = self.gateway
         if dispatcher is None and config.channel == "scripted":
             from dualflow.adapters.scripted import ScriptedChannel
@@ -148,6 +160,9 @@ class Platform:
         await self.ledger.start()
         await self.ledger.ensure_schema([*VAULT_SCHEMA, *WEBHOOK_SCHEMA])
         if self.gateway is not None:
+            assert self.routing is not None
+            await self.routing.start()  # the newest configuration before the first decision
+            await self._restore_daily_volume()
             self.gateway.on_answer = self._channel_answer
             await self.gateway.start()
         await self.payments.start()
@@ -159,6 +174,7 @@ class Platform:
             if cfg.tls_cert and cfg.tls_key and cfg.tls_client_ca else None
         self.server, self.port = create_server(self.ledger, cfg.listen, interceptor=self._interceptor,
                                                 health_servicer=self._health, payments=servicer,
+                                                routing=RoutingAdminServicer(self.routing),
                                                 credentials=credentials)
         await self.server.start()
         if self.config.metrics_port is not None:
@@ -166,6 +182,20 @@ class Platform:
             self._metrics_http = http
             self.metrics_port = http.server_port
         log.info("dualflow serving on %s (db backend %s)", self.address, self.ledger.store.backend)
+
+    async def _restore_daily_volume(self) -> None:
+        """Daily caps survive a restart: today's volume per channel, read back from the payments."""
+        assert self.gateway is not None
+        day = int(time.time() // DAY_S)
+        await self.ledger.ensure_schema(PAYMENT_SCHEMA)
+        rows = await self.ledger.query(
+            "SELECT body FROM payments WHERE created_at_ns >= ? AND asset IN (?, ?) AND status NOT IN (?, ?)",
+            (day * DAY_S * 10**9, Asset.BANK_CARD.value, Asset.BANK_TRANSFER.value,
+             PaymentStatus.FAILED.value, PaymentStatus.CANCELED.value))
+        for (body,) in rows:
+            payment = payment_from_body(body)
+            if payment.channel:
+                self.gateway.router.add_volume(payment.channel, payment.currency, day, payment.amount)
 
     async def _channel_answer(self, kind: str, object_id: str, answer: ChannelAnswer) -> None:
         """A verified callback: applied like a poll answer (idempotent, any order)."""
@@ -226,6 +256,8 @@ class Platform:
             self._lag_watch = None
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
         await self.payments.stop()  # open external payments resume at the next start
+        if self.routing is not None:
+            await self.routing.stop()
         if self.gateway is not None:
             await self.gateway.close()
         await self.ledger.stop()  # flush the group-commit writer, close storage

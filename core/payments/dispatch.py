@@ -11,12 +11,11 @@ channel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from .model import Asset, BankAccount
+from .model import Asset, BankAccount, Routing
 
 
 class ChannelOutcome(Enum):
@@ -57,9 +56,31 @@ class Instruction:
     description: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RouteQuery:
+    """What routing may look at: never the card number, only its BIN."""
+
+    asset: Asset
+    currency: str
+    amount: int
+    merchant_id: str = ""
+    card_bin: str = ""
+    bank_code: str = ""  # the payer's bank (bank transfers)
+
+
 class ChannelDispatcher(Protocol):
-    def channels_for(self, asset: Asset, currency: str, amount: int, card_bin: str = "") -> Sequence[str]:
-        """The channels that can carry this payment, best first (empty: none can)."""
+    def route(self, query: RouteQuery) -> Routing:
+        """Which channel carries this payment, the ordered fallbacks, and why; `chosen` is
+        empty when no channel can."""
+        ...
+
+    def sent(self, channel: str, query: RouteQuery) -> None:
+        """A payment was committed to `channel` (daily volume, half-open probe slots)."""
+        ...
+
+    def next_channel(self, query: RouteQuery, routing: Routing, tried: frozenset[str], age_s: float) -> str:
+        """After NOT_SUBMITTED: the next fallback still eligible now, "" when none is (or when
+        the payment, `age_s` old, is past its fallback deadline)."""
         ...
 
     def supports_reversal(self, channel: str) -> bool:

@@ -81,6 +81,31 @@ class BankAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCandidate:
+    channel: str
+    estimated_success: float  # the sampled success probability that was scored
+    fee: int  # the channel's fee for this payment, minor units
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Why an external payment went where it went: recorded with the payment, shown by
+    GetPayment and in its events."""
+
+    chosen: str  # "" when no channel could carry it
+    reason: str  # SCORE, ONLY_CANDIDATE, PINNED, STATIC, NONE_ELIGIBLE
+    fallbacks: tuple[str, ...] = ()  # tried in order, only after NOT_SUBMITTED
+    candidates: tuple[RouteCandidate, ...] = ()  # best first
+    excluded: tuple[tuple[str, str], ...] = ()  # (channel, reason), e.g. ("cardbank", "BREAKER_OPEN")
+    config_version: int = 0
+    rerouted_from: tuple[str, ...] = ()  # channels that provably never received it
+
+    def rerouted(self, from_channel: str) -> Routing:
+        return replace(self, rerouted_from=self.rerouted_from + (from_channel,))
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentRequest:
     """A validated CreatePayment, before it becomes a payment."""
 
@@ -123,6 +148,7 @@ class Payment:
     channel: str = ""
     channel_reference: str = ""
     attempt: int = 1  # which submission to a channel; a new one only after NOT_SUBMITTED
+    routing: Routing | None = None  # external payments: the routing decision
 
     @property
     def instruction_id(self) -> str:

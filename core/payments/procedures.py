@@ -29,6 +29,7 @@ from .model import (
     PaymentStatus,
     Refund,
     RefundStatus,
+    Routing,
     may_move,
 )
 
@@ -148,6 +149,7 @@ class CreatePayment(_Procedure):
     fee: int
     key_window_ns: int
     channel: str = ""
+    routing: Routing | None = None
     card: Any = None  # CardInfo for BANK_CARD
     max_items: int = _EXTENSION_ITEMS
 
@@ -204,7 +206,7 @@ class CreatePayment(_Procedure):
             payer=req.payer, payee=req.payee, amount=req.amount, currency=req.currency, asset=req.asset,
             status=PaymentStatus.CREATED, fee=self.fee, created_at_ns=now, updated_at_ns=now,
             trade_order_id=req.trade_order_id, description=req.description, metadata=dict(req.metadata),
-            card=self.card, bank_account=req.bank_account, channel=self.channel,
+            card=self.card, bank_account=req.bank_account, channel=self.channel, routing=self.routing,
         )
         if req.asset.internal:
             outcome = yield from self._settle_internal(ctx, payment, payer, payee)
@@ -365,7 +367,8 @@ class ReroutePayment(_Procedure):
             return Outcome("refused", payment=payment, reason="PAYMENT_STATE_CONFLICT")
         old_hold = transfer_id(payment.payment_id, hold_leg(payment.attempt))
         moved = payment.moved(PaymentStatus.PROCESSING, ctx.now_ns, channel=self.to_channel,
-                              attempt=payment.attempt + 1, channel_reference="")
+                              attempt=payment.attempt + 1, channel_reference="",
+                              routing=payment.routing.rerouted(payment.channel) if payment.routing else None)
         receivable = receivable_account(self.to_channel, payment.currency)
         opened = yield from _open(ctx, [receivable])
         assert opened, "a receivable account is misconfigured"

@@ -19,6 +19,8 @@ from .model import (
     PaymentStatus,
     Refund,
     RefundStatus,
+    RouteCandidate,
+    Routing,
 )
 
 PAYMENT_SCHEMA: Final[list[str]] = [
@@ -107,7 +109,26 @@ def payment_to_dict(p: Payment) -> dict[str, Any]:
         "card": asdict(p.card) if p.card is not None else None,
         "bank_account": asdict(p.bank_account) if p.bank_account is not None else None,
         "channel": p.channel, "channel_reference": p.channel_reference, "attempt": p.attempt,
+        "routing": routing_to_dict(p.routing) if p.routing is not None else None,
     }
+
+
+def routing_to_dict(r: Routing) -> dict[str, Any]:
+    return {
+        "chosen": r.chosen, "reason": r.reason, "fallbacks": list(r.fallbacks),
+        # Scores are probabilities, not money: four decimals say all there is to say.
+        "candidates": [[c.channel, round(c.estimated_success, 4), c.fee, round(c.score, 4)] for c in r.candidates],
+        "excluded": [list(e) for e in r.excluded], "config_version": r.config_version,
+        "rerouted_from": list(r.rerouted_from),
+    }
+
+
+def routing_from_dict(d: dict[str, Any]) -> Routing:
+    return Routing(
+        chosen=d["chosen"], reason=d["reason"], fallbacks=tuple(d["fallbacks"]),
+        candidates=tuple(RouteCandidate(c, s, f, sc) for c, s, f, sc in d["candidates"]),
+        excluded=tuple((c, why) for c, why in d["excluded"]), config_version=d["config_version"],
+        rerouted_from=tuple(d["rerouted_from"]))
 
 
 def payment_from_dict(d: dict[str, Any]) -> Payment:
@@ -118,6 +139,8 @@ def payment_from_dict(d: dict[str, Any]) -> Payment:
         d["card"] = CardInfo(**d["card"])
     if d.get("bank_account"):
         d["bank_account"] = BankAccount(**d["bank_account"])
+    if d.get("routing"):
+        d["routing"] = routing_from_dict(d["routing"])
     return Payment(**d)
 
 

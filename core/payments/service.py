@@ -31,7 +31,7 @@ from dualflow.core.money import CURRENCIES
 
 from . import metrics, records
 from .accounts import holding_account, parse_party
-from .dispatch import ChannelAnswer, ChannelDispatcher, ChannelOutcome, Instruction
+from .dispatch import ChannelAnswer, ChannelDispatcher, ChannelOutcome, Instruction, RouteQuery
 from .model import (
     Asset,
     Balance,
@@ -42,6 +42,7 @@ from .model import (
     PaymentStatus,
     Refund,
     RefundStatus,
+    Routing,
 )
 from .outbox import OutboxFeed
 from .procedures import (
@@ -184,26 +185,33 @@ class PaymentService:
         merchant = self._validate(request)
         card: CardInfo | None = None
         channel = ""
+        routing: Routing | None = None
+        query: RouteQuery | None = None
         if request.asset is Asset.BANK_CARD:
             card = await self._card(request.card_token)
         if not request.asset.internal:
             if self.dispatcher is None:
                 raise PreconditionFailed(f"no financial gateway is configured for {request.asset.name}",
                                          reason="CHANNEL_UNAVAILABLE")
-            choices = self.dispatcher.channels_for(request.asset, request.currency, request.amount,
-                                                   card.bin if card else "")
-            if not choices:
+            query = RouteQuery(request.asset, request.currency, request.amount, request.merchant_id,
+                               card.bin if card else "",
+                               request.bank_account.bank_code if request.bank_account else "")
+            routing = self.dispatcher.route(query)
+            if not routing.chosen:
                 raise PreconditionFailed(
-                    f"no channel carries {request.asset.name} payments of this amount in {request.currency}",
-                    reason="NO_CHANNEL", metadata={"asset": request.asset.name, "currency": request.currency})
-            channel = choices[0]
+                    f"no channel can carry this {request.asset.name} payment of {request.amount} {request.currency} now",
+                    reason="NO_CHANNEL", metadata={
+                        "asset": request.asset.name, "currency": request.currency,
+                        # Why each configured channel was excluded (DISABLED, BREAKER_OPEN, AMOUNT_LIMIT...).
+                        **{f"excluded.{name}": why for name, why in routing.excluded[:20]}})
+            channel = routing.chosen
         payee = parse_party(request.payee)
         fee = 0
         if payee is not None and payee.kind == "merchant" and request.asset is not Asset.POINTS:
             fee = (request.amount * merchant.fee_bps + 5_000) // 10_000
         procedure = CreatePayment(
             request=request, fingerprint=fingerprint(asdict(request)), payment_id=_new_id("pay"), fee=fee,
-            key_window_ns=self.key_window_ns, channel=channel, card=card,
+            key_window_ns=self.key_window_ns, channel=channel, card=card, routing=routing,
         )
         outcome: Outcome = await self.ledger.run(procedure)
         if outcome.kind == "reused":
@@ -218,6 +226,8 @@ class PaymentService:
         self._after_commit(outcome)
         payment = outcome.payment
         metrics.PAYMENTS.labels(payment.asset.name, payment.status.name, payment.failure_reason).inc()
+        if query is not None and self.dispatcher is not None:
+            self.dispatcher.sent(payment.channel, query)  # after the commit: a replay sends nothing
         if payment.status is PaymentStatus.CREATED:
             self._drive(payment)
         return payment
@@ -533,6 +543,12 @@ class PaymentService:
             bank_account=payment.bank_account, channel_reference=payment.channel_reference,
             description=payment.description)
 
+    @staticmethod
+    def _route_query(payment: Payment) -> RouteQuery:
+        return RouteQuery(payment.asset, payment.currency, payment.amount, payment.merchant_id,
+                          payment.card.bin if payment.card else "",
+                          payment.bank_account.bank_code if payment.bank_account else "")
+
     def _refund_instruction(self, payment: Payment, refund: Refund) -> Instruction:
         return Instruction(
             instruction_id=f"{refund.refund_id}-1", object_id=refund.refund_id, kind="refund",
@@ -565,19 +581,23 @@ class PaymentService:
             if answer.outcome is not ChannelOutcome.NOT_SUBMITTED:
                 break
             metrics.CHANNEL_ANSWERS.labels("submit", answer.outcome.value).inc()
-            choices = [c for c in self.dispatcher.channels_for(
-                payment.asset, payment.currency, payment.amount, payment.card.bin if payment.card else "")
-                if c not in tried]
-            if not choices:
+            # Only the decision's own fallbacks, each still eligible now, and only within the
+            # fallback deadline: never a channel the router excluded.
+            query = self._route_query(payment)
+            routing = payment.routing or Routing(chosen=payment.channel, reason="STATIC")
+            age_s = (self.clock_ns() - payment.created_at_ns) / NS
+            following = self.dispatcher.next_channel(query, routing, frozenset(tried), age_s)
+            if not following:
                 answer = ChannelAnswer(ChannelOutcome.FAILED, answer.reason or "CHANNEL_UNAVAILABLE")
                 break
-            rerouted: Outcome = await self.ledger.run(ReroutePayment(payment.payment_id, payment.channel, choices[0]))
+            rerouted: Outcome = await self.ledger.run(ReroutePayment(payment.payment_id, payment.channel, following))
             if rerouted.kind != "moved":
                 return
             self._after_commit(rerouted)
             assert rerouted.payment is not None
             payment = rerouted.payment
             tried.add(payment.channel)
+            self.dispatcher.sent(payment.channel, query)
             log.info("payment %s never reached its channel; rerouted to %s", payment.payment_id, payment.channel)
         await self.apply_channel_answer(payment.payment_id, answer, source="submit")
 

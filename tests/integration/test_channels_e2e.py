@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dualflow.core.payments.accounts import Party, holding_account, receivable_account
+from dualflow.core.payments.dispatch import RouteQuery
 from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus, RefundStatus
 from dualflow.core.payments.procedures import PollTiming
 from dualflow.gateway.sandbox import NAMES, Sandbox
@@ -36,7 +37,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
 
 def write_config(folder: Path, sandbox: Sandbox) -> Path:
     path = folder / "dualflow.toml"
+    # Greedy routing (no exploration): with equal health the cheaper channel carries the payment,
+    # so each test knows where its payments go. Exploration is tested in test_routing_e2e.py.
+    (folder / "routing.toml").write_text("exploration = 0\n")
     path.write_text(f"""
+[routing]
+file = "{folder / 'routing.toml'}"
+seed = 1
+
 [vault]
 active = "k1"
 fingerprint_key = "{_key()}"
@@ -90,9 +98,13 @@ def card_payment(request_id: str, token: str, amount: int = 10_000) -> PaymentRe
 async def test_every_built_in_channel_is_configured_and_described(platform: Platform) -> None:
     assert platform.gateway is not None
     assert set(platform.gateway.adapters) == {CARD, PSP, RAIL}
-    # Cheapest eligible first: the card bank (55 bps) before the PSP (60 bps) for cards.
-    assert list(platform.gateway.channels_for(Asset.BANK_CARD, "CNY", 10_000, "411111")) == [CARD, PSP]
-    assert list(platform.gateway.channels_for(Asset.BANK_TRANSFER, "CNY", 10_000)) == [RAIL]
+    # Equal health, no exploration: the card bank (55 bps) before the PSP (60 bps) for cards.
+    card = platform.gateway.route(RouteQuery(Asset.BANK_CARD, "CNY", 10_000, "shop", card_bin="411111"))
+    assert (card.chosen, card.fallbacks, card.reason) == (CARD, (PSP,), "SCORE")
+    assert [(c.channel, c.fee) for c in card.candidates] == [(CARD, 55), (PSP, 60)]
+    assert card.excluded == ((RAIL, "ASSET"),) and card.config_version == 1
+    transfer = platform.gateway.route(RouteQuery(Asset.BANK_TRANSFER, "CNY", 10_000, "shop"))
+    assert (transfer.chosen, transfer.fallbacks) == (RAIL, ())
 
 
 async def test_card_payment_through_the_card_bank_then_a_lost_reply_resolved_by_polling(

@@ -85,7 +85,7 @@ class PaymentMethod(_message.Message):
     def __init__(self, card_token: _Optional[str] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version", "attempt")
+    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version", "attempt", "routing")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Payment(_message.Message):
     UPDATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     request_id: str
     merchant_id: str
@@ -139,7 +140,46 @@ class Payment(_message.Message):
     updated_at_ns: int
     version: int
     attempt: int
-    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    routing: RoutingDecision
+    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ..., attempt: _Optional[int] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
+
+class RoutingDecision(_message.Message):
+    __slots__ = ("chosen", "reason", "fallbacks", "candidates", "excluded", "config_version", "rerouted_from")
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REROUTED_FROM_FIELD_NUMBER: _ClassVar[int]
+    chosen: str
+    reason: str
+    fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    candidates: _containers.RepeatedCompositeFieldContainer[RouteCandidate]
+    excluded: _containers.RepeatedCompositeFieldContainer[RouteExclusion]
+    config_version: int
+    rerouted_from: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chosen: _Optional[str] = ..., reason: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[RouteCandidate, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[RouteExclusion, _Mapping]]] = ..., config_version: _Optional[int] = ..., rerouted_from: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RouteCandidate(_message.Message):
+    __slots__ = ("channel", "estimated_success", "fee", "score")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FEE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    estimated_success: float
+    fee: int
+    score: float
+    def __init__(self, channel: _Optional[str] = ..., estimated_success: _Optional[float] = ..., fee: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RouteExclusion(_message.Message):
+    __slots__ = ("channel", "reason")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    reason: str
+    def __init__(self, channel: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CreatePaymentRequest(_message.Message):
     __slots__ = ("request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "method", "trade_order_id", "description", "metadata")
