@@ -90,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks with baselines measured in the same run")
     areas = bench.add_subparsers(dest="area", required=True)
     from dualflow.bench import channels as channels_bench
+    from dualflow.bench import clearing as clearing_bench
     from dualflow.bench import ledger as ledger_bench
     from dualflow.bench import payments as payments_bench
 
     ledger_bench.add_parser(areas)
     payments_bench.add_parser(areas)
     channels_bench.add_parser(areas)
+    clearing_bench.add_parser(areas)
     bench.set_defaults(run=_bench)
     return parser
 
