@@ -135,6 +135,27 @@ class CallbackEvent:
     notification_id: str = ""  # the channel's id for this notification (duplicates repeat it)
 
 
+class StatementRejected(Exception):
+    """A statement that must not be reconciled against: nothing of it may be applied.
+
+    `reason`: BAD_ROW (a line does not parse or breaks the format), WRONG_TOTALS (the trailer's or
+    summary's count or totals disagree with the lines), TRUNCATED (the file ends before its trailer,
+    or in the middle of a line), BAD_CHECKSUM (the MAC, hash or signature over the file does not
+    verify). `line_number` is 1-based in the file as received (the header is line 1); 0 means the
+    file as a whole (a checksum carried outside the file, such as a signed hash or a reply signature).
+    Whoever fetches a statement spools and verifies all of it before it yields a single line, so
+    this is raised before anything was handed out."""
+
+    REASONS = ("BAD_ROW", "WRONG_TOTALS", "TRUNCATED", "BAD_CHECKSUM")
+
+    def __init__(self, reason: str, line_number: int, message: str) -> None:
+        assert reason in self.REASONS, reason
+        super().__init__(f"{reason} at line {line_number}: {message}" if line_number else f"{reason}: {message}")
+        self.reason = reason
+        self.line_number = line_number
+        self.detail = message
+
+
 @dataclass(frozen=True, slots=True)
 class StatementLine:
     """One line of a channel's statement for a business day: what the channel really did."""

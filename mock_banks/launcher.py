@@ -15,7 +15,11 @@ Profile fields every mock understands (rates are 0..1, times in milliseconds):
 `latency_ms`, `jitter_ms`, `decline_rate`, `insufficient_funds_rate`, `timeout_rate` (not processed,
 no reply), `lost_reply_rate` (processed, no reply), `late_reply_ms`, `pending_rate` (accepted, final
 later: by callback or query), `settle_after_ms`, `duplicate_callback_rate`, `bad_signature_rate`,
-`outage` (refuse connections), `fee_fixed`, `fee_bps`.
+`outage` (refuse connections), `fee_fixed`, `fee_bps`, `statement_fault` (the statement comes out
+broken for reconciliation tests: "bad_row", "wrong_totals", "truncated", "bad_checksum"; "" for a
+good one). Every statement carries a trailer or summary with counts and totals, and a checksum:
+the card bank's a MAC in its trailer, the PSP's a hash in its signed bill reply, the transfer
+rail's the reply signature over the body.
 
 This module starts processes and speaks HTTP; it imports nothing of the mocks.
 """

@@ -7,13 +7,14 @@ with processing code 20 naming the original (DE 48 OI and OR). Reverse is a 0400
 Query is the private 0800/900 (see `spec`). The card number exists here only inside the
 outgoing message; it is never logged, and reprs mask it.
 
-Statements: in real life an SFTP file; here the bank's HTTP statement endpoint, CSV with the
-header `business_date,instruction_id,reference,kind,amount,currency,status,fee`.
+Statements: in real life an SFTP file; here the bank's HTTP statement endpoint. The file has a
+trailer with counts, totals and an AES-CMAC over the file (see `statement`); it is downloaded to
+a temporary file, verified whole and spooled before the first line is yielded.
 """
 
 from __future__ import annotations
 
-import csv
+import asyncio
 import io
 import time
 from collections import OrderedDict
@@ -37,19 +38,21 @@ from dualflow.adapters.contract import (
     RefundInstruction,
     StatementLine,
 )
+from dualflow.adapters.statements import CHUNK_BYTES, download, temporary_file
 from dualflow.core.payments.model import Asset
 
 from . import transformers
 from .link import Link, LinkSettings, NoAnswer, NotSent, log
 from .metrics import LATENCY, REQUESTS
 from .spec import CURRENCY_NUMERIC, NETWORK, PURCHASE_OR_REFUND, REVERSAL
+from .statement import read_statement, statement_key
 
-STATEMENT_HEADER = ["business_date", "instruction_id", "reference", "kind", "amount", "currency", "status", "fee"]
 _REMEMBERED = 10_000  # recent (instruction id -> STAN, transmission time) kept for DE 90
 
 
 class StatementError(Exception):
-    """The bank's statement could not be fetched or is not in the agreed format."""
+    """The bank's statement could not be fetched (transport, HTTP status). A statement that was
+    fetched but does not verify raises contract.StatementRejected instead."""
 
 
 class Iso8583BankAdapter:
@@ -83,6 +86,7 @@ class Iso8583BankAdapter:
             reconnect_initial_s=float(s.get("reconnect_initial_s", 0.05)),
             reconnect_max_s=float(s.get("reconnect_max_s", 5.0))), key)
         self._sent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._statement_key = statement_key(key)
 
     def __repr__(self) -> str:
         return f"Iso8583BankAdapter(name={self.name!r}, link={self._link!r})"
@@ -160,20 +164,26 @@ class Iso8583BankAdapter:
         date.fromisoformat(business_date)
         started, outcome = time.perf_counter(), Outcome.FAILED
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-                async with session.get(f"{self._statement_url}/statement", params={"date": business_date}) as resp:
-                    if resp.status != 200:
-                        raise StatementError(f"channel {self.name!r}: statement for {business_date}: HTTP {resp.status}")
-                    text = await resp.text()
-            lines = parse_statement(text)
+            with temporary_file() as raw:
+                try:
+                    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+                        async with session.get(f"{self._statement_url}/statement",
+                                               params={"date": business_date}) as resp:
+                            if resp.status != 200:
+                                raise StatementError(
+                                    f"channel {self.name!r}: statement for {business_date}: HTTP {resp.status}")
+                            await download(resp.content.iter_chunked(CHUNK_BYTES), raw)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise StatementError(f"channel {self.name!r}: statement for {business_date}: {exc!r}") from exc
+                # Verified whole (off the event loop: it reads every line) before anything is yielded.
+                spool = await asyncio.to_thread(read_statement, raw, business_date, self._statement_key)
             outcome = Outcome.SUCCEEDED
-        except aiohttp.ClientError as exc:
-            raise StatementError(f"channel {self.name!r}: statement for {business_date}: {exc}") from exc
         finally:  # the one flow the financial gateway does not count for us
             REQUESTS.labels(self.name, Flow.STATEMENT.value, outcome.value).inc()
             LATENCY.labels(self.name, Flow.STATEMENT.value).observe(time.perf_counter() - started)
-        for line in lines:
-            yield line
+        with spool:
+            for line in spool.lines():
+                yield line
 
     # ---- helpers
     def _check_terms(self, currency: str, amount: int, *, limits: bool = True) -> None:
@@ -221,21 +231,7 @@ class Iso8583BankAdapter:
                   result.channel_code, (time.perf_counter() - started) * 1000)
         return result
 
-def parse_statement(text: str) -> list[StatementLine]:
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or rows[0] != STATEMENT_HEADER:
-        raise StatementError("statement header is not " + ",".join(STATEMENT_HEADER))
-    lines = []
-    for number, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        try:
-            business_date, instruction_id, reference, kind, amount, currency, status, fee = row
-            date.fromisoformat(business_date)
-            if kind not in ("pay", "refund", "reverse") or status not in ("SUCCEEDED", "FAILED"):
-                raise ValueError("kind or status")
-            lines.append(StatementLine(business_date, instruction_id, reference, kind, int(amount), currency,
-                                       Outcome[status], int(fee)))
-        except ValueError as exc:
-            raise StatementError(f"statement line {number} is malformed ({exc})") from None
-    return lines
+def parse_statement(data: bytes, business_date: str, mac_key: bytes) -> list[StatementLine]:
+    """A whole settlement file (bytes) verified and parsed; raises StatementRejected."""
+    with read_statement(io.BytesIO(data), business_date, statement_key(mac_key)) as spool:
+        return list(spool.lines())

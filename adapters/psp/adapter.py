@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -40,7 +41,9 @@ from dualflow.adapters.contract import (
     QueryRequest,
     RefundInstruction,
     StatementLine,
+    StatementRejected,
 )
+from dualflow.adapters.statements import CHUNK_BYTES, Spool, download, temporary_file
 from dualflow.core.payments.model import Asset
 
 from . import signing, transformers
@@ -52,7 +55,9 @@ TIMESTAMP_WINDOW_S = 300
 
 
 class StatementUnavailable(Exception):
-    """The bill could not be fetched or trusted (transport, signature, hash or summary)."""
+    """The bill could not be fetched, or the reply about it is not trusted (transport, signature).
+    A bill that was fetched but does not verify raises contract.StatementRejected (its hash,
+    its lines, its summary)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +165,9 @@ class PspAdapter:
         return ""
 
     async def _request(self, method: str, path_query: str, body: Any = None, *, url: str | None = None,
-                       signed_reply: bool = True) -> _Reply:
+                       signed_reply: bool = True, sink: tuple[IO[bytes], Any] | None = None) -> _Reply:
+        """One signed request. With `sink` (a file and a hasher), a 200 body is streamed into the
+        file and the hasher instead of being held (statements), and the reply's body is empty."""
         await self.start()
         assert self._session is not None
         raw = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -180,7 +187,11 @@ class PspAdapter:
         try:
             async with self._session.request(method, target, data=raw if body is not None else None,
                                              headers=headers, allow_redirects=False) as resp:
-                data = await resp.read()
+                if sink is not None and resp.status == 200:
+                    await download(resp.content.iter_chunked(CHUNK_BYTES), *sink)
+                    data = b""
+                else:
+                    data = await resp.read()
                 reply_headers = {k: v for k, v in resp.headers.items()}
                 status = resp.status
         except aiohttp.ConnectionTimeoutError:
@@ -415,24 +426,37 @@ class PspAdapter:
     # ---- the daily bill
 
     async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
+        """The day's trade bill, downloaded to a temporary file while its SHA1 is computed, checked
+        against the hash in the signed tradebill reply (else StatementRejected BAD_CHECKSUM, line
+        0), then read whole (every line and the summary, else StatementRejected) into a spool, and
+        only then streamed. A day without business (NO_STATEMENT_EXIST) is an empty statement."""
         if not transformers.BILL_DATE.match(business_date):
             raise ValueError(f"business date must be YYYY-MM-DD, not {business_date!r}")
         # The statement flow is not the dispatcher's: counted here.
         started = time.perf_counter()
         outcome = "FAILED"
+        spool: Spool | None = None
         try:
-            text = await self._download_bill(business_date)
-            lines = list(transformers.parse_bill(text, business_date)) if text else []
+            with temporary_file() as raw:
+                if await self._download_bill(business_date, raw):
+                    spool = Spool(business_date)
+                    try:
+                        await asyncio.to_thread(transformers.scan_bill, raw, business_date, spool.add)
+                    except BaseException:
+                        spool.close()
+                        raise
             outcome = "SUCCEEDED"
-        except transformers.BillError as exc:
-            raise StatementUnavailable(f"bill for {business_date}: {exc}") from None
         finally:
             metrics.REQUESTS.labels(self.name, Flow.STATEMENT.value, outcome).inc()
             metrics.REQUEST_SECONDS.labels(self.name, Flow.STATEMENT.value).observe(time.perf_counter() - started)
-        for line in lines:
-            yield line
+        if spool is None:
+            return
+        with spool:
+            for line in spool.lines():
+                yield line
 
-    async def _download_bill(self, business_date: str) -> str:
+    async def _download_bill(self, business_date: str, into: IO[bytes]) -> bool:
+        """Fetch the bill into `into`; False when the PSP says there is none for that day."""
         try:
             reply = await self._request("GET", f"/v3/bill/tradebill?bill_date={business_date}&bill_type=ALL")
         except _Transport as exc:
@@ -440,7 +464,7 @@ class PspAdapter:
         if not reply.trusted:
             raise StatementUnavailable(f"bill for {business_date}: reply not trusted ({reply.distrust})")
         if reply.status == 400 and self._error_code(reply) == "NO_STATEMENT_EXIST":
-            return ""  # nothing happened that day
+            return False  # nothing happened that day
         if reply.status != 200:
             raise StatementUnavailable(f"bill for {business_date}: HTTP {reply.status} {self._error_code(reply)}")
         try:
@@ -451,17 +475,18 @@ class PspAdapter:
         ours, theirs = urlsplit(self.base_url), urlsplit(str(download_url))
         if (ours.scheme, ours.netloc) != (theirs.scheme, theirs.netloc):
             raise StatementUnavailable("the bill's download_url is not on the PSP's host; not following it")
+        algorithm = {"SHA1": "sha1", "SHA256": "sha256"}.get(str(hash_type))
+        if algorithm is None:
+            raise StatementUnavailable(f"bill for {business_date}: hash type {hash_type!r} is not one we check")
+        digest = hashlib.new(algorithm)
         try:
             # The file itself is not signed (as WeChat's): the signed hash above vouches for it.
-            file = await self._request("GET", "", url=str(download_url), signed_reply=False)
+            file = await self._request("GET", "", url=str(download_url), signed_reply=False, sink=(into, digest))
         except _Transport as exc:
             raise StatementUnavailable(f"bill file for {business_date}: {exc.reason}") from None
         if file.status != 200:
             raise StatementUnavailable(f"bill file for {business_date}: HTTP {file.status}")
-        algorithm = {"SHA1": "sha1", "SHA256": "sha256"}.get(str(hash_type))
-        if algorithm is None or hashlib.new(algorithm, file.body).hexdigest() != str(hash_value).lower():
-            raise StatementUnavailable(f"bill file for {business_date}: hash does not match the signed reply")
-        try:
-            return file.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise StatementUnavailable(f"bill file for {business_date}: not UTF-8") from None
+        if not hmac.compare_digest(digest.hexdigest(), str(hash_value).lower()):
+            raise StatementRejected("BAD_CHECKSUM", 0, f"bill file for {business_date}: its {hash_type} does not "
+                                    "match the signed reply's")
+        return True

@@ -13,9 +13,9 @@ import io
 import re
 from collections.abc import Iterator, Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import IO, Any
 
-from dualflow.adapters.contract import CallbackEvent, ChannelResult, Outcome, StatementLine
+from dualflow.adapters.contract import CallbackEvent, ChannelResult, Outcome, StatementLine, StatementRejected
 from dualflow.core.money import exponent
 
 # out_trade_no / out_refund_no: WeChat allows 6..32 of these characters.
@@ -176,8 +176,9 @@ SUMMARY_COLUMNS = ("总交易单数", "应结订单总金额", "退款总金额"
 _REFUND_LINE_STATUS = {"SUCCESS": Outcome.SUCCEEDED, "CLOSED": Outcome.FAILED, "FAIL": Outcome.FAILED}
 
 
-class BillError(ValueError):
-    """The bill does not parse or its summary does not add up: do not reconcile against it."""
+class BillError(StatementRejected):
+    """The bill does not parse or its summary does not add up: do not reconcile against it.
+    `reason` and `line_number` as in contract.StatementRejected."""
 
 
 def _cell(value: str) -> str:
@@ -190,65 +191,125 @@ def to_minor(text: str, currency: str) -> int:
     try:
         value = Decimal(text) * (10 ** exponent(currency))
     except (InvalidOperation, ValueError) as exc:
-        raise BillError(f"not an amount: {text!r} ({exc})") from None
+        raise ValueError(f"not an amount: {text!r} ({exc})") from None
     if not value.is_finite():
-        raise BillError(f"not an amount: {text!r}")
+        raise ValueError(f"not an amount: {text!r}")
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def parse_bill(text: str, business_date: str) -> Iterator[StatementLine]:
-    """The bill's lines as StatementLines; checks the summary against the lines it read."""
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
+    """The bill's lines as StatementLines, all checked (summary included) before the first is
+    yielded; an empty text is a day without business. Raises BillError."""
+    if not text.strip():
         return
-    header = tuple(cell.strip() for cell in rows[0])
-    if header[: len(BILL_COLUMNS)] != BILL_COLUMNS:
-        raise BillError("the bill header is not the trade bill's")
-    col = {name: i for i, name in enumerate(header)}
     lines: list[StatementLine] = []
-    pay_total = refund_total = Decimal(0)
-    summary: list[str] | None = None
-    for n, row in enumerate(rows[1:], start=2):
-        if row and row[0].strip() == SUMMARY_COLUMNS[0]:
-            if n + 1 > len(rows):
-                raise BillError("the bill summary has no values")
-            summary = [_cell(c) for c in rows[n]]
-            break
-        if len(row) < len(BILL_COLUMNS):
-            raise BillError(f"bill line {n} has {len(row)} columns")
-        cells = [_cell(c) for c in row]
-        currency = cells[col["货币种类"]]
-        state = cells[col["交易状态"]]
-        try:
-            fee = to_minor(cells[col["手续费"]] or "0", currency)
-            if state == "REFUND":
-                refund_text = cells[col["退款金额"]]
-                refund_total += Decimal(refund_text)
-                status = _REFUND_LINE_STATUS.get(cells[col["退款状态"]])
-                if status is None:
-                    continue  # a refund still processing is not booked yet
-                lines.append(StatementLine(business_date, cells[col["商户退款单号"]], cells[col["微信退款单号"]],
-                                           "refund", to_minor(refund_text, currency), currency, status, fee))
-            elif state == "SUCCESS":
-                amount_text = cells[col["应结订单金额"]]
-                pay_total += Decimal(amount_text)
-                lines.append(StatementLine(business_date, cells[col["商户订单号"]], cells[col["微信订单号"]], "pay",
-                                           to_minor(amount_text, currency), currency, Outcome.SUCCEEDED, fee))
-            else:
-                raise BillError(f"bill line {n}: unknown 交易状态 {state!r}")
-        except (InvalidOperation, ValueError) as exc:
-            if isinstance(exc, BillError):
-                raise
-            raise BillError(f"bill line {n}: {exc}") from None
-    if summary is None:
-        raise BillError("the bill has no summary: it may be truncated")
-    try:
-        count, pay_sum, refund_sum = int(summary[0]), Decimal(summary[1]), Decimal(summary[2])
-    except (IndexError, ValueError, InvalidOperation):
-        raise BillError("the bill summary does not parse") from None
-    detail_rows = n - 2
-    if count != detail_rows or pay_sum != pay_total or refund_sum != refund_total:
-        raise BillError(f"the bill summary ({count} lines, {pay_sum} paid, {refund_sum} refunded) does not match "
-                        f"its lines ({detail_rows}, {pay_total}, {refund_total})")
+    scan_bill(io.BytesIO(text.encode("utf-8")), business_date,
+              lambda *row: lines.append(StatementLine(business_date, *row[:5], _LINE_STATUS[row[5]], row[6])))
     yield from lines
+
+
+_LINE_STATUS = {"SUCCEEDED": Outcome.SUCCEEDED, "FAILED": Outcome.FAILED}
+
+
+def scan_bill(binary: IO[bytes], business_date: str, emit: Any) -> int:
+    """Read a whole bill once, checking every line and the summary; `emit(out_no, psp_no, kind,
+    amount, currency, status, fee)` for each booked line (status SUCCEEDED or FAILED; a refund
+    still processing is counted by the summary but not booked yet). Returns the booked lines.
+    Reports, in this order: TRUNCATED (no summary, or the file ends inside a line), BAD_ROW (the
+    first), WRONG_TOTALS. Line numbers count physical lines (the header is line 1)."""
+    binary.seek(0, io.SEEK_END)
+    size = binary.tell()
+    if size:
+        binary.seek(-1, io.SEEK_END)
+        ends_in_newline = binary.read(1) == b"\n"
+    else:
+        ends_in_newline = False
+    binary.seek(0)
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    bad: tuple[int, str] | None = None
+    booked = rows_seen = 0
+    pay_total = refund_total = fee_total = Decimal(0)
+    summary: tuple[int, list[str]] | None = None
+    col: dict[str, int] = {}
+    last_line = 0
+    try:
+        for row in reader:
+            number = reader.line_num
+            if not any(cell.strip() for cell in row):
+                last_line = number
+                continue
+            if not col:
+                header = tuple(cell.strip() for cell in row)
+                if header[: len(BILL_COLUMNS)] != BILL_COLUMNS:
+                    bad = (number, "the header is not the trade bill's")
+                    break
+                col = {name: i for i, name in enumerate(header)}
+            elif row[0].strip() == SUMMARY_COLUMNS[0]:
+                values = next(reader, None)
+                summary = (reader.line_num, [_cell(c) for c in values or ()])
+                last_line = reader.line_num
+                break
+            else:
+                rows_seen += 1
+                if bad is None:
+                    try:
+                        line = _bill_line(row, col)
+                    except ValueError as exc:
+                        bad = (number, str(exc))
+                    else:
+                        pay_total += line[0]
+                        refund_total += line[1]
+                        fee_total += line[2]
+                        if line[3] is not None:
+                            booked += 1
+                            emit(*line[3])
+            last_line = number
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BillError("BAD_ROW", reader.line_num + 1, f"not UTF-8 CSV ({exc.__class__.__name__})") from None
+    finally:
+        text.detach()
+    if summary is None and bad is not None and bad[0] == 1:
+        raise BillError("BAD_ROW", *bad)
+    if not ends_in_newline:
+        raise BillError("TRUNCATED", last_line, "the file ends in the middle of a line")
+    if summary is None or not summary[1]:
+        raise BillError("TRUNCATED", last_line + 1, "the bill ends without its summary")
+    if bad is not None:
+        raise BillError("BAD_ROW", *bad)
+    summary_line, values = summary
+    try:
+        count, pay_sum, refund_sum, fee_sum = int(values[0]), Decimal(values[1]), Decimal(values[2]), \
+            Decimal(values[4])
+    except (IndexError, ValueError, InvalidOperation):
+        raise BillError("BAD_ROW", summary_line, "the summary does not parse") from None
+    if (count, pay_sum, refund_sum, fee_sum) != (rows_seen, pay_total, refund_total, fee_total):
+        raise BillError("WRONG_TOTALS", summary_line,
+                        f"the summary ({count} lines, {pay_sum} paid, {refund_sum} refunded, {fee_sum} fees) does "
+                        f"not match its lines ({rows_seen}, {pay_total}, {refund_total}, {fee_total})")
+    return booked
+
+
+def _bill_line(row: list[str], col: dict[str, int]) -> tuple[Decimal, Decimal, Decimal, tuple[Any, ...] | None]:
+    """(paid, refunded, fee as printed, the booked line or None) of one detail row; ValueError."""
+    if len(row) < len(BILL_COLUMNS):
+        raise ValueError(f"{len(row)} columns, the header has {len(BILL_COLUMNS)}")
+    cells = [_cell(c) for c in row]
+    currency, state = cells[col["货币种类"]], cells[col["交易状态"]]
+    try:
+        fee_text = cells[col["手续费"]] or "0"
+        fee_value, fee = Decimal(fee_text), to_minor(fee_text, currency)
+        if state == "REFUND":
+            refund_text = cells[col["退款金额"]]
+            status = _REFUND_LINE_STATUS.get(cells[col["退款状态"]])
+            line = None if status is None else (cells[col["商户退款单号"]], cells[col["微信退款单号"]], "refund",
+                                                 to_minor(refund_text, currency), currency, status.value, fee)
+            return Decimal(0), Decimal(refund_text), fee_value, line
+        if state == "SUCCESS":
+            amount_text = cells[col["应结订单金额"]]
+            return Decimal(amount_text), Decimal(0), fee_value, (
+                cells[col["商户订单号"]], cells[col["微信订单号"]], "pay", to_minor(amount_text, currency), currency,
+                "SUCCEEDED", fee)
+    except (InvalidOperation, KeyError) as exc:
+        raise ValueError(f"not an amount or currency ({exc.__class__.__name__})") from None
+    raise ValueError(f"unknown 交易状态 {state!r}")

@@ -12,10 +12,13 @@ only it sees: requests in flight, and the flows no dispatcher calls (statements,
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import IO
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -34,7 +37,9 @@ from dualflow.adapters.contract import (
     QueryRequest,
     RefundInstruction,
     StatementLine,
+    StatementRejected,
 )
+from dualflow.adapters.statements import CHUNK_BYTES, Spool, download, temporary_file
 from dualflow.core.payments.model import Asset, BankAccount
 
 from .config import TransferSettings
@@ -49,9 +54,9 @@ from .transformers import (
     outcome_of,
     parse_error,
     parse_notification,
-    parse_statement,
     parse_transfer,
     return_request,
+    scan_statement,
     transfer_request,
     valid_date,
     valid_id,
@@ -217,27 +222,60 @@ class TransferAdapter:
 
     # ---- statements and callbacks
     async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
-        """The bank's CSV statement of one business day (UTC), every final transfer once."""
+        """The bank's CSV statement of one business day (UTC), every final transfer once. The body
+        is streamed to a temporary file while its SHA-256 is computed; the reply's signature over
+        that digest is the statement's checksum (a bad one: StatementRejected BAD_CHECKSUM, line 0).
+        Then every line and the trailer are checked into a spool, and only then streamed."""
         started = time.perf_counter()
         if not valid_date(business_date):
             raise ValueError("business_date must be YYYY-MM-DD")
-        reply = await self._exchange("GET", f"/statements/{_segment(business_date)}", b"", self._statement_timeout)
+        spool = Spool(business_date)
         try:
-            if isinstance(reply, ChannelResult):
-                raise StatementUnavailable(reply.reason, f"statement {business_date}: {reply.reason}")
-            if reply.status != 200:
-                code = self._error_code(reply.body) or str(reply.status)
-                raise StatementUnavailable("BANK_ERROR", f"statement {business_date}: the bank answered {code}")
-            try:
-                lines = list(parse_statement(reply.body.decode("utf-8"), business_date))
-            except (UnicodeDecodeError, WireError) as exc:
-                raise StatementUnavailable("GARBLED_STATEMENT", f"statement {business_date}: {exc}") from None
-        except StatementUnavailable:
-            self._observe("statement", started, Outcome.UNKNOWN)
+            with temporary_file() as raw:
+                await self._fetch_statement_file(f"/statements/{_segment(business_date)}", business_date, raw)
+                await asyncio.to_thread(scan_statement, raw, business_date, spool.add)
+        except BaseException as exc:
+            spool.close()
+            if isinstance(exc, (StatementUnavailable, StatementRejected)):
+                self._observe("statement", started, Outcome.UNKNOWN)
             raise
         self._observe("statement", started, Outcome.SUCCEEDED)
-        for line in lines:
-            yield line
+        with spool:
+            for line in spool.lines():
+                yield line
+
+    async def _fetch_statement_file(self, path: str, business_date: str, into: IO[bytes]) -> None:
+        """One signed GET whose 200 body goes to `into`; the reply verified over the body's digest."""
+        path = self._prefix + path
+        headers = self.settings.keys.sign("GET", path, b"")
+        digest = hashlib.sha256()
+        metrics.IN_FLIGHT.labels(self.name).inc()
+        try:
+            async with self._client().request("GET", URL(self._origin + path, encoded=True), headers=headers,
+                                              timeout=self._statement_timeout, allow_redirects=False) as resp:
+                status, reply_headers = resp.status, {k: v for k, v in resp.headers.items()}
+                if status == 200:
+                    await download(resp.content.iter_chunked(CHUNK_BYTES), into, digest)
+                    body = b""
+                else:
+                    body = await resp.read()
+                    digest.update(body)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise StatementUnavailable("CONNECTION_LOST" if not isinstance(exc, TimeoutError) else "TIMEOUT",
+                                       f"statement {business_date}: {exc.__class__.__name__}") from None
+        finally:
+            metrics.IN_FLIGHT.labels(self.name).dec()
+        try:
+            self.settings.keys.verify("GET", path, reply_headers, b"", now=time.time(), nonces=self._reply_nonces,
+                                      window_s=self.settings.window_s, body_sha256=digest.hexdigest())
+        except SignatureError as exc:
+            if exc.reason == "BAD_SIGNATURE" and status == 200:
+                raise StatementRejected("BAD_CHECKSUM", 0, f"statement {business_date}: the reply's signature "
+                                        "does not match its body") from None
+            raise StatementUnavailable(_UNVERIFIED[exc.reason], f"statement {business_date}: {exc.reason}") from None
+        if status != 200:
+            code = self._error_code(body) or str(status)
+            raise StatementUnavailable("BANK_ERROR", f"statement {business_date}: the bank answered {code}")
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
         try:

@@ -57,12 +57,17 @@ def parse_hex_key(text: bytes | str) -> bytes:
     return key
 
 
-def canonical(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
-    return "\n".join((method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest())).encode()
+def canonical(method: str, path: str, timestamp: str, nonce: str, body: bytes, *,
+              body_sha256: str | None = None) -> bytes:
+    """`body_sha256`: the body's digest when the body itself was streamed to disk (statements)."""
+    digest = hashlib.sha256(body).hexdigest() if body_sha256 is None else body_sha256
+    return "\n".join((method.upper(), path, timestamp, nonce, digest)).encode()
 
 
-def signature(key: bytes, method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
-    return hmac.new(key, canonical(method, path, timestamp, nonce, body), hashlib.sha256).hexdigest()
+def signature(key: bytes, method: str, path: str, timestamp: str, nonce: str, body: bytes, *,
+              body_sha256: str | None = None) -> str:
+    return hmac.new(key, canonical(method, path, timestamp, nonce, body, body_sha256=body_sha256),
+                    hashlib.sha256).hexdigest()
 
 
 def new_nonce() -> str:
@@ -97,7 +102,7 @@ class KeyRing:
         }
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, now: float,
-               nonces: NonceCache | None = None, window_s: int = WINDOW_S) -> str:
+               nonces: NonceCache | None = None, window_s: int = WINDOW_S, body_sha256: str | None = None) -> str:
         """Check a signed message; answer its nonce. Order matters: the nonce is recorded only
         after the signature verifies, so forged messages cannot fill the cache or burn nonces."""
         fields = _signed_fields(headers)
@@ -109,7 +114,7 @@ class KeyRing:
             raise SignatureError("UNKNOWN_KEY", "the message is signed under a key id we do not hold")
         if not _TIMESTAMP.fullmatch(ts) or not _NONCE.fullmatch(nonce) or not _HEX64.fullmatch(sig):
             raise SignatureError("MALFORMED", "the signature headers are malformed")
-        if not hmac.compare_digest(signature(key, method, path, ts, nonce, body), sig):
+        if not hmac.compare_digest(signature(key, method, path, ts, nonce, body, body_sha256=body_sha256), sig):
             raise SignatureError("BAD_SIGNATURE", "the signature does not match")
         if abs(now - int(ts)) > window_s:
             raise SignatureError("STALE", "the message's timestamp is outside the window")

@@ -14,9 +14,9 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
-from dualflow.adapters.contract import CallbackEvent, ChannelResult, Outcome, StatementLine
+from dualflow.adapters.contract import CallbackEvent, ChannelResult, Outcome, StatementLine, StatementRejected
 
 DIRECTIONS = ("collect", "payout", "return")
 # Our kinds (QueryRequest.kind, CallbackEvent.kind, StatementLine.kind) by the bank's direction.
@@ -237,49 +237,116 @@ def callback_event(notification: Notification) -> CallbackEvent:
 
 
 def parse_statement(text: str, business_date: str) -> Iterator[StatementLine]:
-    """The bank's CSV statement, one StatementLine per final transfer of that business day."""
+    """The bank's CSV statement, one StatementLine per final transfer of that business day, all
+    checked (the trailer included) before the first is yielded. Raises WireError (whose cause is
+    the contract's StatementRejected, with the reason and the line number)."""
+    lines: list[StatementLine] = []
     try:
-        yield from _statement_lines(csv.reader(io.StringIO(text, newline="")), business_date)
-    except csv.Error as exc:
-        raise WireError(f"the statement is not CSV: {exc}") from None
+        scan_statement(io.BytesIO(text.encode("utf-8")), business_date,
+                       lambda *row: lines.append(StatementLine(business_date, *row[:5], _OUTCOME[row[5]], row[6])))
+    except StatementRejected as exc:
+        raise WireError(str(exc)) from exc
+    yield from lines
 
 
-def _statement_lines(reader: Iterator[list[str]], business_date: str) -> Iterator[StatementLine]:
-    header = next(reader, None)
-    if header is None:
-        raise WireError("the statement has no header")
-    columns = {name: i for i, name in enumerate(header)}
-    missing = [c for c in STATEMENT_COLUMNS if c not in columns]
-    if missing:
-        raise WireError(f"the statement lacks columns {missing}")
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise WireError(f"statement line {number} has {len(row)} fields, the header {len(header)}")
-        cell = {name: row[i] for name, i in columns.items()}
-        try:
-            transfer = parse_transfer({
-                "instruction_id": cell["instruction_id"], "reference": cell["reference"],
-                "direction": cell["direction"], "amount": _decimal(cell["amount"]), "currency": cell["currency"],
-                "status": cell["status"], "code": cell["code"], "fee": _decimal(cell["fee"] or "0"),
-                "original_id": cell["original_id"],
-            })
-        except WireError as exc:
-            raise WireError(f"statement line {number}: {exc}") from None
-        if not _DATE.fullmatch(cell["business_date"]) or cell["business_date"] != business_date:
-            raise WireError(f"statement line {number} is not for {business_date}")
-        if transfer.status == SETTLED:
-            status = Outcome.SUCCEEDED
-        elif transfer.status in (REJECTED, RETURNED):
-            status = Outcome.FAILED
-        else:
-            # A statement books only final transfers; a line we cannot classify must stop
-            # reconciliation, not vanish from it.
-            raise WireError(f"statement line {number} has a state that is not final")
-        yield StatementLine(business_date=business_date, instruction_id=transfer.instruction_id,
-                            channel_reference=transfer.reference, kind=transfer.kind, amount=transfer.amount,
-                            currency=transfer.currency, status=status, fee=transfer.fee)
+_OUTCOME = {"SUCCEEDED": Outcome.SUCCEEDED, "FAILED": Outcome.FAILED}
+TRAILER = "TRAILER"
+
+
+def scan_statement(binary: IO[bytes], business_date: str, emit: Any) -> int:
+    """Read a whole statement once: the header, every line, and the trailer `TRAILER,<lines>,<amount
+    total>,<fee total>` that must end the file; `emit(instruction_id, reference, kind, amount,
+    currency, status, fee)` per line (status SUCCEEDED or FAILED). Returns the line count. Raises
+    contract.StatementRejected: TRUNCATED (no trailer, or the file ends inside a line) before
+    BAD_ROW (the first) before WRONG_TOTALS. The reply's signature (checked by the adapter) is the
+    checksum over the file. Line numbers count physical lines (the header is line 1)."""
+    binary.seek(0, io.SEEK_END)
+    ends_in_newline = binary.tell() > 0
+    if ends_in_newline:
+        binary.seek(-1, io.SEEK_END)
+        ends_in_newline = binary.read(1) == b"\n"
+    binary.seek(0)
+    text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+    reader = csv.reader(text)
+    bad: tuple[int, str] | None = None
+    trailer: tuple[int, list[str]] | None = None
+    after_trailer = count = amount_total = fee_total = last = 0
+    columns: dict[str, int] = {}
+    try:
+        for row in reader:
+            number = last = reader.line_num
+            if not row:
+                continue
+            if trailer is not None:
+                after_trailer = after_trailer or number
+            elif not columns:
+                columns = {name: i for i, name in enumerate(row)}
+                missing = [c for c in STATEMENT_COLUMNS if c not in columns]
+                if missing:
+                    bad = (number, f"the header lacks columns {missing}")
+                    break
+            elif row[0] == TRAILER:
+                trailer = (number, row)
+            elif bad is None:
+                try:
+                    line = _statement_row(row, columns, business_date)
+                except WireError as exc:
+                    bad = (number, str(exc))
+                else:
+                    count += 1
+                    amount_total += line[3]
+                    fee_total += line[6]
+                    emit(*line)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise StatementRejected("BAD_ROW", reader.line_num + 1, f"not UTF-8 CSV ({exc.__class__.__name__})") from None
+    finally:
+        text.detach()
+    if bad is not None and bad[0] == 1:
+        raise StatementRejected("BAD_ROW", *bad)
+    if not ends_in_newline:
+        raise StatementRejected("TRUNCATED", last, "the file ends in the middle of a line")
+    if trailer is None:
+        raise StatementRejected("TRUNCATED", last + 1, "the statement ends without its trailer")
+    if bad is not None:
+        raise StatementRejected("BAD_ROW", *bad)
+    if after_trailer:
+        raise StatementRejected("BAD_ROW", after_trailer, "a line after the trailer")
+    trailer_line, cells = trailer
+    try:
+        if len(cells) != 4 or not all(c.isascii() and c.isdigit() for c in cells[1:]):
+            raise ValueError
+        totals = (int(cells[1]), int(cells[2]), int(cells[3]))
+    except ValueError:
+        raise StatementRejected("BAD_ROW", trailer_line, "the trailer is not TRAILER,lines,amounts,fees") from None
+    if totals != (count, amount_total, fee_total):
+        raise StatementRejected("WRONG_TOTALS", trailer_line,
+                                f"the trailer says {totals[0]} lines, amounts {totals[1]}, fees {totals[2]}; the "
+                                f"statement has {count}, {amount_total}, {fee_total}")
+    return count
+
+
+def _statement_row(row: list[str], columns: dict[str, int], business_date: str) -> tuple[Any, ...]:
+    if len(row) != len(columns):
+        raise WireError(f"{len(row)} fields, the header {len(columns)}")
+    cell = {name: row[i] for name, i in columns.items()}
+    transfer = parse_transfer({
+        "instruction_id": cell["instruction_id"], "reference": cell["reference"],
+        "direction": cell["direction"], "amount": _decimal(cell["amount"]), "currency": cell["currency"],
+        "status": cell["status"], "code": cell["code"], "fee": _decimal(cell["fee"] or "0"),
+        "original_id": cell["original_id"],
+    })
+    if not _DATE.fullmatch(cell["business_date"]) or cell["business_date"] != business_date:
+        raise WireError(f"the line is not for {business_date}")
+    if transfer.status == SETTLED:
+        status = "SUCCEEDED"
+    elif transfer.status in (REJECTED, RETURNED):
+        status = "FAILED"
+    else:
+        # A statement books only final transfers; a line we cannot classify must stop
+        # reconciliation, not vanish from it.
+        raise WireError("a state that is not final")
+    return (transfer.instruction_id, transfer.reference, transfer.kind, transfer.amount, transfer.currency, status,
+            transfer.fee)
 
 
 def _decimal(text: str) -> int | str:

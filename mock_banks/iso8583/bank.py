@@ -27,22 +27,21 @@ Card-bank choices for the uniform profile:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from .wire import tlv_build
+from .wire import aes_cmac, tlv_build
 
 # ISO 4217 numeric -> alphabetic, the bank's own table.
 CURRENCIES = {"036": "AUD", "124": "CAD", "756": "CHF", "156": "CNY", "978": "EUR", "826": "GBP",
               "344": "HKD", "392": "JPY", "410": "KRW", "702": "SGD", "840": "USD"}
 
 STATEMENT_HEADER = ["business_date", "instruction_id", "reference", "kind", "amount", "currency", "status", "fee"]
+STATEMENT_FAULTS = ("", "bad_row", "wrong_totals", "truncated", "bad_checksum")
 
 
 @dataclass
@@ -61,6 +60,7 @@ class Profile:
     outage: bool = False
     fee_fixed: int = 0
     fee_bps: int = 0
+    statement_fault: str = ""
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial profile; validates everything before changing anything."""
@@ -69,7 +69,10 @@ class Profile:
         for name, value in changes.items():
             if name not in known:
                 raise ValueError(f"unknown profile field {name!r}")
-            if name == "outage":
+            if name == "statement_fault":
+                if value not in STATEMENT_FAULTS:
+                    raise ValueError(f"statement_fault must be one of {STATEMENT_FAULTS}")
+            elif name == "outage":
                 if not isinstance(value, bool):
                     raise ValueError("outage must be true or false")
             elif name.endswith("_rate"):
@@ -333,14 +336,17 @@ class Bank:
         self.settle_due()
         return [entry.public() for entry in self.book.values()]
 
-    def statement(self, business_date: str) -> str:
-        """The day's statement as CSV: what moved money (or was refused), as the bank booked it.
+    def statement(self, business_date: str, mac_key: bytes) -> bytes:
+        """The day's settlement file: what moved money (or was refused), as the bank booked it.
         A reversed payment shows as SUCCEEDED plus a `reverse` line that undoes it; a voided one
-        as FAILED; pending ones are not on a statement until they settle."""
+        as FAILED; pending ones are not on a statement until they settle.
+
+        Format (the adapter's reader is written from this description, not from this code): a
+        header line, one comma-separated line per booking, then `TRAILER,<lines>,<amount total>,
+        <fee total>,<MAC>` where the MAC is AES-CMAC, 32 upper-case hex digits, over every byte
+        before it, under AES-CMAC(MAC key, "DUALFLOW SETTLEMENT FILE"). Lines end in LF."""
         self.settle_due()
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(STATEMENT_HEADER)
+        rows: list[list[str | int]] = []
         for e in self.book.values():
             if e.business_date != business_date:
                 continue
@@ -352,6 +358,21 @@ class Bank:
                 continue
             else:
                 status = "SUCCEEDED" if e.status in ("SUCCEEDED", "REVERSED") else "FAILED"
-            writer.writerow([e.business_date, e.instruction_id, e.reference, e.kind, e.amount, e.currency, status,
-                             e.fee])
-        return out.getvalue()
+            rows.append([e.business_date, e.instruction_id, e.reference, e.kind, e.amount, e.currency, status, e.fee])
+        fault = self.profile.statement_fault
+        amount_total = sum(int(r[4]) for r in rows)
+        fee_total = sum(int(r[7]) for r in rows)
+        if fault == "bad_row" and rows:
+            rows[len(rows) // 2][4] = "12x"
+        if fault == "wrong_totals":
+            amount_total += 1
+        lines = [",".join(STATEMENT_HEADER)] + [",".join(str(c) for c in r) for r in rows]
+        body = "".join(line + "\n" for line in lines).encode()
+        if fault == "truncated":
+            last = lines[-1].encode()
+            return body[: len(body) - len(last) - 1 + len(last) // 2]
+        head = body + f"TRAILER,{len(rows)},{amount_total},{fee_total},".encode()
+        mac = aes_cmac(aes_cmac(mac_key, b"DUALFLOW SETTLEMENT FILE"), head).hex().upper()
+        if fault == "bad_checksum":
+            mac = ("0" if mac[0] != "0" else "1") + mac[1:]
+        return head + mac.encode() + b"\n"

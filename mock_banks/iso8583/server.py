@@ -187,7 +187,7 @@ def admin_app(server: CardBankServer) -> web.Application:
             date.fromisoformat(day)
         except ValueError:
             return web.json_response({"error": "date=YYYY-MM-DD required"}, status=400)
-        return web.Response(text=bank.statement(day), content_type="text/csv")
+        return web.Response(body=bank.statement(day, server.key), content_type="text/csv")
 
     async def get_stats(_request: web.Request) -> web.Response:
         return web.json_response({**asdict(bank.stats), "open_connections": server.open_connections})

@@ -26,7 +26,8 @@ successful refund (WeChat does not notify failures), to the profile's `callback_
 the order's `notify_url`. Extra profile fields beyond the launcher's: `callback_url`,
 `callback_reorder_ms` (each callback waits a random 0..N ms first, so later events overtake
 earlier ones), `callback_retry_ms` (first retry delay, doubling to 5 s),
-`callback_max_attempts`, `hang_ms` (how long a timed-out request hangs).
+`callback_max_attempts`, `hang_ms` (how long a timed-out request hangs), `statement_fault` (a
+broken trade bill: bad_row, wrong_totals, truncated, bad_checksum; see STATEMENT_FAULTS).
 
 Admin (on --admin-port): GET/PUT /profile, GET /book, GET /statement?date=, POST /rotate,
 GET /callbacks (each notification's id, type, attempts and acknowledgements), GET /keys.
@@ -74,8 +75,14 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "lost_reply_rate": 0.0, "late_reply_ms": 0, "pending_rate": 0.0, "settle_after_ms": 1000,
     "duplicate_callback_rate": 0.0, "bad_signature_rate": 0.0, "outage": False, "fee_fixed": 0, "fee_bps": 0,
     "callback_url": "", "callback_reorder_ms": 0, "callback_retry_ms": 200, "callback_max_attempts": 15,
-    "hang_ms": 30_000,
+    "hang_ms": 30_000, "statement_fault": "",
 }
+# How the trade bill comes out broken, for reconciliation tests: "" (a good bill), "bad_row" (the
+# middle line's 交易状态 is garbled), "wrong_totals" (the summary counts one line too many),
+# "truncated" (the summary is missing and the last line cut in half), "bad_checksum" (the signed
+# tradebill reply's hash_value is not the file's). The hash covers whatever the bill holds, so only
+# "bad_checksum" fails it.
+STATEMENT_FAULTS = ("", "bad_row", "wrong_totals", "truncated", "bad_checksum")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -87,6 +94,8 @@ def _coerce(name: str, value: Any) -> Any:
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string")
+        if name == "statement_fault" and value not in STATEMENT_FAULTS:
+            raise ValueError(f"statement_fault must be one of {STATEMENT_FAULTS}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a number >= 0")
@@ -513,6 +522,9 @@ class MockPsp:
                                         _major(0, o.currency, places=5), "0.00%", _major(o.amount, o.currency),
                                         refund, ""]))
         rows.sort(key=lambda row: row[0])
+        fault = self.profile["statement_fault"]
+        if fault == "bad_row" and rows:
+            rows[len(rows) // 2][1][9] = "GARBLED"
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\r\n")
         w.writerow(["交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识",
@@ -521,11 +533,17 @@ class MockPsp:
                     "手续费", "费率", "订单金额", "申请退款金额", "费率备注"])
         for _, cells in rows:
             w.writerow(["`" + c for c in cells])
+        body_end = out.tell()
         w.writerow(["总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额",
                     "申请退款总金额"])
-        w.writerow(["`" + str(v) for v in (len(rows), pay_sum, refund_sum, "0.00", f"{fee_sum:.5f}", pay_sum,
-                                          refund_sum)])
-        return out.getvalue().encode("utf-8"), len(rows)
+        w.writerow(["`" + str(v) for v in (len(rows) + (fault == "wrong_totals"), pay_sum, refund_sum, "0.00",
+                                          f"{fee_sum:.5f}", pay_sum, refund_sum)])
+        text = out.getvalue()
+        if fault == "truncated":
+            body = text[:body_end - 2]  # without the summary and the last line's CRLF
+            last = body.rfind("\n")
+            text = body[: last + 1 + (len(body) - last - 1) // 2]
+        return text.encode("utf-8"), len(rows)
 
     async def tradebill(self, request: web.Request, body: bytes, fate: Fate) -> Reply:
         date = request.query.get("bill_date", "")
@@ -540,7 +558,8 @@ class MockPsp:
         now = time.monotonic()
         self.bills = {t: v for t, v in self.bills.items() if now - v[0] < 300}
         self.bills[token] = (now, data)
-        return Reply(200, {"hash_type": "SHA1", "hash_value": hashlib.sha1(data).hexdigest(),
+        digest = hashlib.sha1(data + (b"tampered" if self.profile["statement_fault"] == "bad_checksum" else b""))
+        return Reply(200, {"hash_type": "SHA1", "hash_value": digest.hexdigest(),
                            "download_url": f"http://{request.host}/v3/billdownload/file?token={token}"})
 
     async def billfile(self, request: web.Request, body: bytes, fate: Fate) -> Reply:

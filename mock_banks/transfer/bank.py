@@ -29,7 +29,13 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "max_amount": 0,  # above it: REJECTED LIMIT_EXCEEDED (0: no limit)
     "callback_retry_ms": 100,  # first redelivery delay; doubles up to 2 s
     "hold_ms": 30_000,  # how long a timed-out request is held before the connection drops
+    # A broken statement, for reconciliation tests: "" (a good one), "bad_row" (the middle line's
+    # amount is garbled), "wrong_totals" (the trailer's amount total is one too many), "truncated"
+    # (no trailer, the last line cut in half), "bad_checksum" (the body is changed after the reply
+    # was signed). The signature covers whatever the bank sent, so only "bad_checksum" fails it.
+    "statement_fault": "",
 }
+STATEMENT_FAULTS = ("", "bad_row", "wrong_totals", "truncated", "bad_checksum")
 _RATES = {k for k in PROFILE_DEFAULTS if k.endswith("_rate")}
 DECLINE_CODES = ("DECLINED", "ACCOUNT_CLOSED", "INVALID_ACCOUNT")
 
@@ -60,7 +66,10 @@ def validate_profile(changes: Any) -> dict[str, Any]:
         if name not in PROFILE_DEFAULTS:
             raise ValueError(f"unknown profile field {name!r}")
         default = PROFILE_DEFAULTS[name]
-        if isinstance(default, bool):
+        if isinstance(default, str):
+            if value not in STATEMENT_FAULTS:
+                raise ValueError(f"{name} must be one of {STATEMENT_FAULTS}")
+        elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false")
         elif name in _RATES:
@@ -393,16 +402,27 @@ class Bank:
         return [t.book_line() for t in self.transfers.values()]
 
     def statement(self, business_date: str, now: float) -> str:
+        """Every transfer that became final on that UTC day, as CSV with a header, then the trailer
+        `TRAILER,<lines>,<amount total>,<fee total>` (control totals in minor units)."""
         self.due(now)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(STATEMENT_COLUMNS)
         final = sorted((t for t in self.transfers.values() if t.final_at is not None
                         and day(t.final_at) == business_date), key=lambda t: (t.final_at, t.reference))
-        for t in final:
+        fault = self.profile["statement_fault"]
+        for n, t in enumerate(final):
             assert t.final_at is not None
-            writer.writerow((day(t.final_at), t.instruction_id, t.reference, t.direction, t.original_id, t.amount,
+            amount: int | str = "12x" if fault == "bad_row" and n == len(final) // 2 else t.amount
+            writer.writerow((day(t.final_at), t.instruction_id, t.reference, t.direction, t.original_id, amount,
                              t.currency, t.status, t.code, t.fee, iso(t.final_at)))
+        body = out.getvalue()
+        if fault == "truncated":
+            cut = body[:-1]
+            last = cut.rfind("\n")
+            return cut[: last + 1 + (len(cut) - last - 1) // 2]
+        amounts = sum(t.amount for t in final) + (fault == "wrong_totals")
+        writer.writerow(("TRAILER", len(final), amounts, sum(t.fee for t in final)))
         return out.getvalue()
 
 

@@ -207,7 +207,10 @@ class TransferBankServer:
             return self._reply(request, kid, 400, {"error": {"code": "INVALID_REQUEST", "message": "YYYY-MM-DD"}})
         self._notify(self.bank.due(time.time()))
         corrupt = self.bank.draw().bad_signature < self.bank.profile["bad_signature_rate"]
-        return self._reply(request, kid, 200, None, corrupt=corrupt, text=self.bank.statement(date, time.time()))
+        reply = self._reply(request, kid, 200, None, corrupt=corrupt, text=self.bank.statement(date, time.time()))
+        if self.bank.profile["statement_fault"] == "bad_checksum":
+            reply.body = (reply.body or b"") + b"# tampered after signing\n"  # type: ignore[operator]
+        return reply
 
     # ---- settlement clock and callbacks
     def _schedule(self) -> None:
