@@ -318,6 +318,11 @@ def test_permission_table_matches_the_contract() -> None:
         PaymentGateway/DisableWebhook  webhooks.manage
         PaymentGateway/ListDeadLetters webhooks.manage
         PaymentGateway/RedeliverWebhook webhooks.manage
+        RoutingAdmin/GetRoutingConfig  routing.read
+        RoutingAdmin/ListChannelHealth routing.read
+        RoutingAdmin/ReplaceRoutingConfig routing.manage
+        RoutingAdmin/SetChannelEnabled routing.manage
+        RoutingAdmin/ForceBreaker      routing.manage
     """
     table = dict(line.split() for line in expected.strip().splitlines())
     assert dict(METHOD_PERMISSIONS) == {f"/dualflow.v1.{m}": p for m, p in table.items()}
