@@ -48,3 +48,17 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert paths == {"", "fee_weight", "channels.nosuch", "channels.cardbank.enabled",
                      "channels.cardbank.daily_caps.cny", "channels.cardbank.maintenance[0]",
                      "channels.cardbank.fees.CNY", "merchants.shop.pinned", "breaker.open_at"}
+
+
+def test_the_example_file_is_valid_and_means_what_its_comments_say() -> None:
+    import tomllib
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "routing.example.toml"
+    config = parse(tomllib.loads(example.read_text()), CHANNELS)
+    fees = config.rule("cardbank").fees["CNY"]
+    assert fees.fee_for(1_000) == 100  # the 1.00 CNY minimum
+    assert fees.fee_for(100_000) == 500  # 0.50%
+    assert fees.fee_for(1_000_000) == 3_500  # the 0.35% tier
+    assert fees.fee_for(2_000_000) == 5_000  # held at the maximum
+    assert config.merchants["shop-1"].deny == frozenset({"wallet-psp"})
