@@ -34,10 +34,14 @@ NP-hard (it contains subset-sum), so `settle_positions` works in stages:
    result says so (`optimal=True`).
 3. **Small subsets** (more pools left): zero-sum groups of three (one pool
    against two) then four (two against two, one against three) are searched
-   with hash lookups and taken greedily as found, within a budget of lookups
-   (`search_budget`); when the rest shrinks to `exact_limit` pools, stage 2
+   with hash tables (amount -> pools, sum of two -> a pair) and taken greedily
+   as found, the tables rebuilt from the pools left until a round finds
+   nothing, within `search_budget` (table entries built plus lookups; the
+   default covers 1,000 pools several times over, and the work grows with the
+   square of the pools); when the rest shrinks to `exact_limit` pools, stage 2
    finishes it. Taking a group greedily can cost a better partition elsewhere,
-   so no optimality is claimed on this path.
+   and groups of five or more are only found by luck in stage 4, so no
+   optimality is claimed on this path.
 4. **Greedy** for what is left: the largest debtor pays the largest creditor
    min(debt, credit), except that a creditor owed exactly the debtor's amount
    (or a debtor owing exactly the creditor's) is preferred, since that closes
@@ -70,7 +74,7 @@ from dualflow.core.money import AMOUNT_MAX, is_currency
 from .errors import InvalidObligation
 
 EXACT_LIMIT: Final = 12  # pools (after opposite pairs) solved exactly: 2^12 * 12 steps, a few ms
-SEARCH_BUDGET: Final = 2_000_000  # hash lookups the small-subset stage may spend per currency
+SEARCH_BUDGET: Final = 2_000_000  # pair-table entries + lookups stage 3 may spend per currency
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,23 +190,24 @@ class _Acc:
 
 
 def _accumulate(obligations: Iterable[Obligation]) -> dict[str, _Acc]:
-    raw: dict[str, _Acc] = {}
-    for o in obligations:
-        acc = raw.get(o.currency)
-        if acc is None:
-            acc = raw[o.currency] = _Acc(defaultdict(int))
-        pos = acc.positions
+    raw: dict[str, dict[str, int]] = {}
+    gross: dict[str, int] = defaultdict(int)
+    count: dict[str, int] = defaultdict(int)
+    for o in obligations:  # the hot loop: locals only, no attribute writes
+        currency = o.currency
+        pos = raw.get(currency)
+        if pos is None:
+            pos = raw[currency] = defaultdict(int)
         amount = o.amount_minor
         pos[o.debtor_pool] -= amount
         pos[o.creditor_pool] += amount
-        acc.gross += amount
-        acc.count += 1
+        gross[currency] += amount
+        count[currency] += 1
     out = {}
     for currency in sorted(raw):
-        acc = raw[currency]
-        acc.positions = {pool: acc.positions[pool] for pool in sorted(acc.positions)}
-        assert sum(acc.positions.values()) == 0, currency
-        out[currency] = acc
+        positions = {pool: raw[currency][pool] for pool in sorted(raw[currency])}
+        assert sum(positions.values()) == 0, currency
+        out[currency] = _Acc(positions, gross[currency], count[currency])
     return out
 
 
@@ -335,18 +340,14 @@ class _Side:
             del self.at[amount]
         return amount
 
-    def pair_sums(self) -> dict[int, list[tuple[str, str]]]:
-        """Sum of two amounts -> the pairs of pools (in id order) that make it."""
-        sums: dict[int, list[tuple[str, str]]] = defaultdict(list)
-        for (a, amount_a), (b, amount_b) in itertools.combinations(self.amount.items(), 2):
-            sums[amount_a + amount_b].append((a, b))
-        return sums
+    def pair_sums(self) -> dict[int, tuple[str, str]]:
+        """Sum of two live amounts -> one pair of pools making it (the last in id order). One pair
+        per sum keeps this a single comprehension (about 6x faster than lists of every pair); a
+        sum whose pair is taken is found again when the search rebuilds the table."""
+        return {x + y: (a, b) for (a, x), (b, y) in itertools.combinations(self.amount.items(), 2)}
 
-    def live_pair(self, pairs: list[tuple[str, str]], exclude: str = "") -> tuple[str, str] | None:
-        for a, b in pairs:
-            if a in self.amount and b in self.amount and exclude not in (a, b):
-                return a, b
-        return None
+    def live(self, *pools: str) -> bool:
+        return all(p in self.amount for p in pools)
 
 
 class _Search:
@@ -382,41 +383,56 @@ class _Search:
                 break
 
     def fours(self, take: Callable[[list[str], list[str]], None]) -> None:
-        """Two against two, then one against three (pair sums met by pair sums, or by one pool's
-        amount less one opposite pool's)."""
+        """Two against two (a sum of two creditors equal to a sum of two debtors), then one against
+        three (one pool's amount less one opposite pool's equal to an opposite pair's sum). Taking
+        a group leaves other entries of the pair-sum tables stale, so each kind runs in rounds,
+        rebuilding the tables from the pools left, until a round finds nothing."""
         creditors, debtors = self.creditors, self.debtors
-        pairs = [len(s.amount) * (len(s.amount) - 1) // 2 for s in (creditors, debtors)]
-        if not self.more(sum(pairs)):
-            return
-        credit_sums, debit_sums = creditors.pair_sums(), debtors.pair_sums()
-        small, large = (debit_sums, credit_sums) if len(debit_sums) <= len(credit_sums) else (credit_sums, debit_sums)
-        if not self.more(len(small)):
-            return
-        for total in sorted(t for t in small if t in large):
-            d = debtors.live_pair(debit_sums[total])
-            c = creditors.live_pair(credit_sums[total])
-            if d and c:
-                take(list(d), list(c))
-                if not self.more():
-                    return
-        for ones, threes, sums, as_debtor in ((debtors, creditors, credit_sums, True),
-                                              (creditors, debtors, debit_sums, False)):
-            for one in list(ones.amount):
-                if one not in ones.amount:
-                    continue
-                target = ones.amount[one]
-                if not self.more(len(threes.amount)):
-                    return
-                hits = [(other, amount) for other, amount in threes.amount.items()
-                        if amount < target and target - amount in sums]
-                for other, amount in hits:
-                    pair = threes.live_pair(sums[target - amount], exclude=other)
-                    if pair and other in threes.amount:
-                        if as_debtor:
-                            take([one], [other, *pair])
-                        else:
-                            take([other, *pair], [one])
-                        break
+        while True:
+            sums = self._pair_sums()
+            if sums is None:
+                return
+            credit_sums, debit_sums = sums
+            took = 0
+            for total in sorted(credit_sums.keys() & debit_sums.keys()):
+                d, c = debit_sums[total], credit_sums[total]
+                if debtors.live(*d) and creditors.live(*c):
+                    take(list(d), list(c))
+                    took += 1
+            if not took or not self.more():
+                break
+        while True:
+            sums = self._pair_sums()
+            if sums is None:
+                return
+            took = 0
+            for ones, threes, three_sums, as_debtor in ((debtors, creditors, sums[0], True),
+                                                        (creditors, debtors, sums[1], False)):
+                for one in list(ones.amount):
+                    if one not in ones.amount:
+                        continue
+                    target = ones.amount[one]
+                    if not self.more(len(threes.amount)):
+                        return
+                    for other, amount in [(o, a) for o, a in threes.amount.items()
+                                          if a < target and target - a in three_sums]:
+                        pair = three_sums[target - amount]
+                        if other not in pair and threes.live(other, *pair):
+                            if as_debtor:
+                                take([one], [other, *pair])
+                            else:
+                                take([other, *pair], [one])
+                            took += 1
+                            break
+            if not took:
+                return
+
+    def _pair_sums(self) -> tuple[dict[int, tuple[str, str]], dict[int, tuple[str, str]]] | None:
+        """Fresh pair-sum tables of the live creditors and debtors, if the budget allows."""
+        pairs = sum(len(s.amount) * (len(s.amount) - 1) // 2 for s in (self.creditors, self.debtors))
+        if not self.more(pairs):
+            return None
+        return self.creditors.pair_sums(), self.debtors.pair_sums()
 
 
 def _greedy(items: list[tuple[str, int]], currency: str, transfers: list[SettlementTransfer]) -> None:
