@@ -260,6 +260,14 @@ async def test_routing_admin_changes_are_validated_versioned_explained_and_survi
             assert got.routing.reason == "ONLY_CANDIDATE"
             assert {(e.channel, e.reason) for e in got.routing.excluded} == {(CARD, "DISABLED"), (RAIL, "ASSET")}
             assert [c.channel for c in got.routing.candidates] == [PSP] and got.routing.candidates[0].fee == 30
+            # The same explanation travels with the payment's events.
+            stream = payments.SubscribeEvents(payments_pb2.SubscribeEventsRequest(
+                merchant_id="shop", types=["payment.created"]), metadata=ops)
+            async for event in stream:
+                if event.payment.payment_id == created.payment_id:
+                    assert event.payment.routing == got.routing
+                    break
+            stream.cancel()
 
             forced = await admin.ForceBreaker(routing_pb2.ForceBreakerRequest(channel=PSP, open=True), metadata=ops)
             assert forced.version == 4
