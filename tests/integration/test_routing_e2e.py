@@ -310,3 +310,32 @@ async def test_routing_admin_changes_are_validated_versioned_explained_and_survi
         assert again.routing is not None and again.routing.current.config.version == 5
     finally:
         await again.stop()
+
+
+async def test_a_daily_cap_holds_across_a_restart(tmp_path: Path, sandbox: Sandbox) -> None:
+    for bank in sandbox.banks.values():
+        bank.set_profile(lost_reply_rate=0.0, timeout_rate=0.0, decline_rate=0.0, outage=False, pending_rate=0.0)
+    platform = await start_platform(tmp_path, sandbox)
+    # Greedy (the cheaper card bank while healthy), and at most 150.00 CNY a day through it.
+    (tmp_path / "routing.toml").write_text(
+        f"exploration = 0\n[channels.{CARD}]\ndaily_caps = {{ CNY = 15_000 }}\n")
+    try:
+        assert platform.routing is not None
+        while platform.routing.current.config.version < 2:
+            await asyncio.sleep(0.05)
+        assert platform.vault is not None
+        card = await platform.vault.tokenize(VISA, 12, 2031)
+        assert await pay_and_settle(platform, "cap-1", card.token) == (CARD, "SCORE")
+    finally:
+        await platform.stop()
+    again = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"),
+                                  config_path=str(tmp_path / "dualflow.toml"), expiry_interval_s=0,
+                                  callback_port=sandbox.callback_port))
+    await again.start()
+    try:
+        # Today's 100.00 CNY through the card bank was read back: another 100.00 would pass the cap.
+        paid = await again.payments.create_payment(card_payment("cap-2", card.token))
+        assert paid.channel == PSP
+        assert paid.routing is not None and (CARD, "DAILY_CAP") in paid.routing.excluded
+    finally:
+        await again.stop()
