@@ -76,7 +76,8 @@ def test_netting_reproduces_positions_moves_exactly_the_net_within_n_minus_1(
         flows = flows_of(c.transfers)
         assert {p: v for (_, p), v in flows.items() if v} == {p: v for p, v in c.positions.items() if v}
         assert sum(t.amount_minor for t in c.transfers) == c.net_minor
-        assert c.net_minor == sum(v for v in c.positions.values() if v > 0) == -sum(v for v in c.positions.values() if v < 0)
+        values = c.positions.values()
+        assert c.net_minor == sum(v for v in values if v > 0) == -sum(v for v in values if v < 0)
         assert all(c.positions[t.payer_pool] < 0 < c.positions[t.payee_pool] for t in c.transfers)
         assert len(c.transfers) <= max(c.pools_nonzero - 1, 0)
         assert 0 <= c.efficiency <= 1
@@ -229,7 +230,8 @@ def test_windows_never_leave_a_final_state_and_never_lose_money(
     for w in center.windows.values():
         event(f"window {w.state.value}")
         for i in w.instructions:
-            event(f"instruction {i.state.value}{' retried' if i.retried_by else ''}{' carried' if i.carried_as else ''}")
+            event(f"instruction {i.state.value}" + (" retried" if i.retried_by else "")
+                  + (" carried" if i.carried_as else ""))
 
 
 def check_books(center: ClearingCenter, recorded: list[Obligation]) -> None:
