@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from dualflow.adapters.dispatcher import FinancialGateway
 from dualflow.adapters.registry import build as build_adapter
+from dualflow.core.balance_check import BalanceCheck
 from dualflow.core.ledger.open_store import store_from_url
 from dualflow.core.ledger.service import LedgerService
 from dualflow.core.payments.dispatch import ChannelAnswer, ChannelDispatcher
@@ -142,6 +143,8 @@ class Platform:
                                                     max_attempts=self.settings.webhooks.max_attempts,
                                                     timeout_s=self.settings.webhooks.timeout_s)
         self._lag_watch: asyncio.Task[None] | None = None
+        # Trial balance per currency and open payments by age, for dashboards and alerts.
+        self.balance_check = BalanceCheck(self.ledger)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -168,6 +171,7 @@ class Platform:
         await self.payments.start()
         await self.webhook_dispatcher.start()
         self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
+        await self.balance_check.start()
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
         cfg = self.config
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) \
@@ -254,6 +258,7 @@ class Platform:
             self._lag_watch.cancel()
             await asyncio.gather(self._lag_watch, return_exceptions=True)
             self._lag_watch = None
+        await self.balance_check.stop()
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
         await self.payments.stop()  # open external payments resume at the next start
         if self.routing is not None:
