@@ -8,10 +8,14 @@ on a temporary SQLite database on loopback with its callback listener where the 
 lets the shop (gateway/demo_shop.py, a plain gRPC client) play its day, and acts as the
 sandbox's operator meanwhile: through the mock banks' admin endpoints it gives each top-up its
 own trouble (a refused connection, a lost reply, a decline, answers that come later by callback)
-and lifts it again. In the evening it reads the books through the Ledger API as the back office,
-the channel metrics from the platform's Prometheus registry and each mock bank's own book, prints
-it all as tables and stops, mock banks included (also on errors and Ctrl-C). It ends by itself
-in about ten seconds and exits non-zero if a check fails.
+and lifts it again. The smart router picks each payment's channel under a routing file written
+here (greedy in the morning, so each scripted scene meets its bank); at rush hour the operator
+switches it to Thompson sampling through the RoutingAdmin API and cuts the card bank off for one
+wave of card payments, and the router steers around the outage and back. In the evening it reads
+the books through the Ledger API as the back office, the routing decisions recorded on each
+payment, the router's channel health, the channel metrics from the platform's Prometheus registry
+and each mock bank's own book, prints it all as tables and stops, mock banks included (also on
+errors and Ctrl-C). It ends by itself in under twenty seconds and exits non-zero if a check fails.
 """
 
 from __future__ import annotations
@@ -41,11 +45,23 @@ from dualflow.core.money import format_minor
 from dualflow.core.payments.accounts import Party, fee_account, holding_account, receivable_account
 from dualflow.core.payments.model import Asset
 from dualflow.core.payments.procedures import PollTiming
-from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, routing_pb2, routing_pb2_grpc
 
 from . import demo_shop
 from .config import generate_api_key, hash_api_key
-from .demo_shop import CNY, CUSTOMERS, STOREFRONTS, Day, Say, TopUp, TopUpSpec, asset_name, status_name
+from .demo_shop import (
+    CNY,
+    CUSTOMERS,
+    RUSH,
+    RUSH_WAVES,
+    STOREFRONTS,
+    Day,
+    Say,
+    TopUp,
+    TopUpSpec,
+    asset_name,
+    status_name,
+)
 from .sandbox import NAMES, Sandbox
 from .server import Platform, ServerConfig
 
@@ -54,6 +70,33 @@ SEED = 7
 CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
 CHANNELS = (CARD, PSP, RAIL)
 KINDS = {CARD: "card bank, ISO 8583", PSP: "PSP, signed HTTP", RAIL: "bank transfer rail"}
+# The PSP's merchant account is contracted for Visa only (BINs starting with 4): the router never
+# offers it another brand, so UnionPay and Mastercard can only go to the card bank.
+PSP_BIN_RANGES = (("4", "4"),)
+TERMS = {PSP: "Visa cards only (its merchant account's contract)"}
+# The router's configuration (routing/config.py), a file the platform watches. Its exploration
+# sequence is seeded too (`[routing] seed`). The operator changes it by RPC at rush hour.
+ROUTING_SEED = SEED
+HEALTH_MAX_AGE_S = 2.0
+ROUTING_TOML = f"""\
+# Greedy on the estimated success until the operator changes it at rush hour: between two
+# equally healthy channels the cheaper one wins, so a Visa payment starts at the card bank.
+exploration = 0
+fee_weight = 1.0
+# A demo setting: the router forgets a channel's outcomes after {HEALTH_MAX_AGE_S:g} s (in production,
+# minutes), so that the day's hours pass in seconds.
+health_max_age_s = {HEALTH_MAX_AGE_S}
+# Opens when 3 of a channel's last 5 outcomes were its faults (with at least 4 seen; the
+# morning's two scripted faults at the card bank alone do not), half-open after 1 s with one
+# probe at a time, closed again after 2 good probes.
+[breaker]
+window = 5
+min_samples = 4
+open_at = 0.6
+cool_down_s = 1.0
+probes = 1
+probes_to_close = 2
+"""
 # Wide enough for the tables when the output is not a terminal (a pipe, a test, CI logs).
 PIPE_WIDTH = 160
 # Polling, tightened for a short day: the first query a little after a payment went PENDING or
@@ -98,6 +141,30 @@ FAULTS: dict[str, Fault] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """The banks and the router around one wave of the rush hour."""
+
+    name: str  # as the tables show it
+    banks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile changes, lifted after the wave
+    what: str = ""
+    # Wait first until the router has forgotten earlier outcomes (health_max_age_s), so that both
+    # card channels start the wave even.
+    even_start: bool = False
+
+
+# By wave (demo_shop.RUSH): fair weather, the card bank cut off for a whole wave, the card bank back.
+WAVES: tuple[Wave, ...] = (
+    Wave("fair weather", even_start=True),
+    Wave(f"{CARD} outage", {CARD: {"outage": True}}, f"{CARD} refuses connections (outage) for the whole wave"),
+    Wave(f"{CARD} back", even_start=True),
+)
+assert len(WAVES) == RUSH_WAVES
+# During the outage wave the card bank may be tried (refused, NOT_SUBMITTED, the payment goes to
+# its fallback) while the router learns; at most this often before it steers around it.
+OUTAGE_TRIES_MAX = 6
+
+
 def _gauge(name: str, channel: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"channel": channel})
 
@@ -110,6 +177,14 @@ class SandboxOperator:
         self.say = say
         self._lifted: set[str] = set()
         self._lifting: dict[str, asyncio.Task[None]] = {}
+        self.admin: routing_pb2_grpc.RoutingAdminStub | None = None
+        self._office: tuple[tuple[str, str], ...] = ()
+        self.versions: tuple[int, int] = (0, 0)  # the routing configuration before and after rush hour
+
+    def steer(self, channel: grpc.aio.Channel, office_key: str) -> None:
+        """The router's controls: RoutingAdmin with the back office's key (routing.manage)."""
+        self.admin = routing_pb2_grpc.RoutingAdminStub(channel)
+        self._office = (("authorization", f"Bearer {office_key}"),)
 
     async def _set(self, bank: str, changes: Mapping[str, Any]) -> None:
         await asyncio.to_thread(self.sandbox.banks[bank].set_profile, **changes)
@@ -165,6 +240,59 @@ class SandboxOperator:
             await asyncio.gather(lifting, return_exceptions=True)
         await self._lift(top_up, fault)
 
+    async def before_wave(self, wave: int) -> None:
+        if wave == 0:
+            await self._explore()
+        spec = WAVES[wave]
+        if spec.even_start:
+            await self._even_start()
+        if spec.what:
+            self.say(f"sandbox: {spec.what}")
+        for bank, changes in spec.banks.items():
+            await self._set(bank, changes)
+            if changes.get("outage") and bank == CARD:
+                await self._link_down(bank)
+
+    async def after_wave(self, wave: int) -> None:
+        spec = WAVES[wave]
+        for bank, changes in spec.banks.items():
+            await self._set(bank, {k: FAIR[k] for k in changes if k in FAIR})
+        if spec.banks:
+            self.say(f"sandbox: {', '.join(spec.banks)} back to fair weather")
+
+    async def _explore(self) -> None:
+        """The operator's hot change: Thompson sampling for the rush, so that both card channels
+        carry a share while they look healthy and a recovered one wins traffic back."""
+        assert self.admin is not None
+        current = await self.admin.GetRoutingConfig(routing_pb2.GetRoutingConfigRequest(), metadata=self._office,
+                                                    timeout=10)
+        wanted = routing_pb2.RoutingConfig()
+        wanted.CopyFrom(current.config)
+        wanted.exploration = 1.0
+        applied = await self.admin.ReplaceRoutingConfig(routing_pb2.ReplaceRoutingConfigRequest(
+            config=wanted, expected_version=current.version), metadata=self._office, timeout=10)
+        self.versions = (current.version, applied.version)
+        self.say(f"operator: exploration {current.config.exploration:g} → {applied.config.exploration:g} (Thompson "
+                 f"sampling) by RoutingAdmin.ReplaceRoutingConfig at version {current.version}: now version "
+                 f"{applied.version} ({applied.source})")
+
+    async def _even_start(self, timeout_s: float = 2 * HEALTH_MAX_AGE_S + 1) -> None:
+        """Wait until the router holds no recent outcome of either card channel (ListChannelHealth)."""
+        assert self.admin is not None
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        deadline = since + timeout_s
+        while True:
+            health = await self.admin.ListChannelHealth(routing_pb2.ListChannelHealthRequest(),
+                                                        metadata=self._office, timeout=10)
+            cards = {h.channel: h for h in health.channels if h.channel in (CARD, PSP)}
+            if all(h.samples == 0 for h in cards.values()) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        breakers = ", ".join(f"{name} {_breaker_name(h.breaker)}" for name, h in sorted(cards.items()))
+        self.say(f"operator: a quiet {loop.time() - since:.1f} s, until the router holds no outcome younger than "
+                 f"{HEALTH_MAX_AGE_S:g} s (ListChannelHealth); breakers: {breakers}")
+
     async def _lift(self, top_up: TopUpSpec, fault: Fault) -> None:
         if top_up.trade_order_id in self._lifted:
             return
@@ -174,18 +302,26 @@ class SandboxOperator:
         self.say(f"sandbox: {fault.lifted or ', '.join(fault.banks) + ' back to fair weather'}")
 
 
+def _breaker_name(state: int) -> str:
+    return routing_pb2.BreakerState.Name(state).removeprefix("BREAKER_").lower().replace("_", "-")
+
+
 def _key32() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def write_config(path: Path, shop_key: str, office_key: str, channels_toml: str) -> None:
+def write_config(path: Path, shop_key: str, office_key: str, channels_toml: str, routing_file: Path) -> None:
     """The platform's TOML: keys are fresh for every run and only the API keys' hashes are written;
-    the channels name key files, never key material."""
+    the channels name key files, never key material; the router reads `routing_file`."""
     merchants = "\n".join(
         f'[[merchants]]\nid = "{s.merchant_id}"\nname = "{s.name}"\ncurrencies = ["{CNY}"]\nfee_bps = {s.fee_bps}\n'
         for s in STOREFRONTS)
     ids = ", ".join(f'"{s.merchant_id}"' for s in STOREFRONTS)
     path.write_text(f"""\
+[routing]
+file = "{routing_file}"
+seed = {ROUTING_SEED}
+
 [vault]
 active = "k1"
 fingerprint_key = "{_key32()}"
@@ -199,12 +335,13 @@ api_key_sha256 = "{hash_api_key(shop_key)}"
 merchants = [{ids}]
 permissions = ["payments.write", "payments.read", "events.read", "cards.tokenize"]
 
-# The business's back office reads the ledger (settlement, fees); it cannot move money.
+# The business's back office reads the ledger (settlement, fees) and steers the router (which
+# channels may carry payments, and how); it cannot move money.
 [[callers]]
 name = "back-office"
 api_key_sha256 = "{hash_api_key(office_key)}"
 merchants = ["*"]
-permissions = ["ledger.read", "payments.read"]
+permissions = ["ledger.read", "payments.read", "routing.read", "routing.manage"]
 
 {channels_toml}
 """)
@@ -368,6 +505,92 @@ def check_book(bank: str, book: Sequence[Mapping[str, Any]], day: Day) -> BookCh
     return check
 
 
+# ---- the rush hour, as each payment's routing decision recorded it, and the router's own view
+
+@dataclass(slots=True)
+class WaveRow:
+    wave: str
+    channel: str
+    chosen: int = 0  # the router's first choice (routing.chosen)
+    never_reached: int = 0  # chosen, but refused (NOT_SUBMITTED): the payment went on (routing.rerouted_from)
+    carried: int = 0
+    succeeded: int = 0
+    breaker_open: int = 0  # left out of the decision by its circuit breaker (routing.excluded)
+    estimates: list[float] = field(default_factory=list)  # its sampled success in each decision it was in
+
+
+def rush_by_wave(day: Day) -> list[list[payments_pb2.Payment]]:
+    """The rush hour's payments by wave, as ListPayments has them in the evening."""
+    wave_of = {o.trade_order_id: o.wave for o in RUSH}
+    waves: list[list[payments_pb2.Payment]] = [[] for _ in WAVES]
+    for p in day.payments:
+        if p.trade_order_id in wave_of:
+            waves[wave_of[p.trade_order_id]].append(p)
+    return waves
+
+
+def wave_rows(day: Day) -> list[WaveRow]:
+    rows = []
+    for i, (wave, paid) in enumerate(zip(WAVES, rush_by_wave(day), strict=True)):
+        for name in (CARD, PSP):
+            row = WaveRow(f"{i + 1} {wave.name}", name)
+            for p in paid:
+                r = p.routing
+                row.chosen += r.chosen == name
+                row.never_reached += name in r.rerouted_from
+                row.carried += p.channel == name
+                row.succeeded += p.channel == name and p.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED
+                row.breaker_open += any(e.channel == name and e.reason == "BREAKER_OPEN" for e in r.excluded)
+                row.estimates += [c.estimated_success for c in r.candidates if c.channel == name]
+            rows.append(row)
+    return rows
+
+
+def routing_counts() -> Counter[tuple[str, str, str]]:
+    """(decisions | exclusions, channel, reason) -> count, from the platform's Prometheus registry."""
+    wanted = {"dualflow_routing_decisions_total": "decisions", "dualflow_routing_exclusions_total": "exclusions"}
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name in wanted:
+                counts[(wanted[sample.name], sample.labels["channel"], sample.labels["reason"])] += int(sample.value)
+    return counts
+
+
+def _by_reason(counts: Counter[tuple[str, str, str]], kind: str, channel: str) -> str:
+    found = sorted(((reason, n) for (k, c, reason), n in counts.items() if (k, c) == (kind, channel) and n),
+                   key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason} {n}" for reason, n in found)
+
+
+def _rush_succeeded(day: Day) -> bool:
+    paid = [p for wave in rush_by_wave(day) for p in wave]
+    return len(paid) == len(RUSH) and all(p.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED for p in paid)
+
+
+def _outage_tries(day: Day) -> tuple[int, int]:
+    """(payments the card bank carried, times it was tried) in the outage wave."""
+    outage = next(i for i, w in enumerate(WAVES) if w.banks.get(CARD, {}).get("outage"))
+    paid = rush_by_wave(day)[outage]
+    return sum(p.channel == CARD for p in paid), sum(CARD in p.routing.rerouted_from for p in paid)
+
+
+def _healthy_shared(day: Day) -> bool:
+    """Both card channels carried some of the first wave (fair weather, Thompson sampling from an
+    even start: the seeded draws give each a share)."""
+    carried = Counter(p.channel for p in rush_by_wave(day)[0])
+    return carried[CARD] > 0 and carried[PSP] > 0
+
+
+def _hot_change(day: Day, versions: tuple[int, int]) -> bool:
+    before, after = versions
+    rush_ids = {o.trade_order_id for o in RUSH}
+    top_ups = [p for p in day.payments if p.trade_order_id.startswith("TOPUP-")]
+    rush = [p for p in day.payments if p.trade_order_id in rush_ids]
+    return (after == before + 1 and bool(top_ups) and all(p.routing.config_version == before for p in top_ups)
+            and bool(rush) and all(p.routing.config_version == after for p in rush))
+
+
 # ---- printing
 
 def _customer(p: payments_pb2.Payment) -> str:
@@ -405,8 +628,40 @@ def _ok_failed(counts: Counter[str]) -> str:
     return f"{counts['SUCCEEDED']}/{counts['FAILED']}" + (f" +{counts['PENDING']} pending" if counts["PENDING"] else "")
 
 
+def _print_router(console: Console, rows: list[WaveRow], health: routing_pb2.ListChannelHealthResponse,
+                  counts: Counter[tuple[str, str, str]]) -> None:
+    table = Table(title="Rush hour: routing decisions by wave and card channel (Payment.routing, ListPayments)",
+                  caption="chosen: the router's first choice · never reached: refused the connection (NOT_SUBMITTED),\n"
+                          "so the payment went on to its fallback · breaker open: left out of the decision by the\n"
+                          "channel's circuit breaker · estimate: its sampled success, mean over the wave's decisions")
+    for col in ("wave", "channel", "chosen", "never reached", "carried", "succeeded", "breaker open", "estimate"):
+        table.add_column(col, justify="left" if col in ("wave", "channel") else "right")
+    for i, r in enumerate(rows):
+        estimate = f"{sum(r.estimates) / len(r.estimates):.2f}" if r.estimates else ""
+        table.add_row(r.wave, r.channel, *map(str, (r.chosen, r.never_reached, r.carried, r.succeeded,
+                                                    r.breaker_open)), estimate,
+                      end_section=i % 2 == 1 and i < len(rows) - 1)
+    console.print(table)
+
+    table = Table(title=f"The router in the evening (ListChannelHealth, config version {health.config_version}) "
+                        f"and its decisions all day (dualflow_routing_*_total)",
+                  caption=f"estimated success: the posterior mean over the last {HEALTH_MAX_AGE_S:g} s of outcomes "
+                          f"(samples)\nFALLBACK: the payment's first choice never received it")
+    for col in ("channel", "breaker", "estimated success", "samples", "decisions", "excluded from decisions"):
+        table.add_column(col, justify="right" if col in ("estimated success", "samples") else "left")
+    for h in sorted(health.channels, key=lambda h: CHANNELS.index(h.channel) if h.channel in CHANNELS else 99):
+        table.add_row(h.channel, _breaker_name(h.breaker), f"{h.estimated_success:.2f}", str(h.samples),
+                      _by_reason(counts, "decisions", h.channel), _by_reason(counts, "exclusions", h.channel))
+    none = _by_reason(counts, "decisions", "none")
+    if none:
+        table.add_row("(none)", "", "", "", none, "")
+    console.print(table)
+
+
 def _print_tables(console: Console, day: Day, ledger: list[LedgerLine], attempts: Mapping[str, int],
-                  channels: list[ChannelRow], books: list[BookCheck]) -> dict[str, bool]:
+                  channels: list[ChannelRow], books: list[BookCheck], rush: list[WaveRow],
+                  health: routing_pb2.ListChannelHealthResponse,
+                  routing: Counter[tuple[str, str, str]]) -> dict[str, bool]:
     """Print the evening's tables; returns the trial balance verdict per currency."""
     top_ups = Table(title="Top-ups, as WatchPayment showed them (seconds since the request)",
                     caption="attempt: the platform's record (a new attempt only after a provably unsent one)")
@@ -416,6 +671,7 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine], attempts
         top_ups.add_row(t.user_id, t.paid_with, _amount(t.amount), t.channel, str(attempts.get(t.payment_id, "")),
                         _states(t))
     console.print(top_ups)
+    _print_router(console, rush, health, routing)
 
     table = Table(title="Channels: our payments by the channel that carried them (ListPayments, WatchPayment); "
                         "how each channel answered (the platform's metrics)",
@@ -442,10 +698,15 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine], attempts
                       "[green]agree[/green]" if b.agrees else f"[red]{escape('; '.join(b.problems))}[/red]")
     console.print(table)
 
-    orders = Table(title="Payment orders (ListPayments), oldest first")
+    rush_ids = {o.trade_order_id for o in RUSH}
+    orders = Table(title="Payment orders (ListPayments), oldest first",
+                   caption=f"(and the rush hour's {sum(p.trade_order_id in rush_ids for p in day.payments)} card "
+                           f"payments at the counter, in the rush-hour table)")
     for col in ("trade order", "customer", "merchant", "asset", "amount", "fee", "refunded", "status", "reason"):
         orders.add_column(col, justify="right" if col in ("amount", "fee", "refunded") else "left", no_wrap=True)
     for p in day.payments:
+        if p.trade_order_id in rush_ids:
+            continue
         # A payment records the fee it would take even when it failed; only a success charges it.
         fee = p.fee if p.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED else 0
         orders.add_row(p.trade_order_id, _customer(p), p.merchant_id, asset_name(p.asset),
@@ -540,12 +801,14 @@ async def run_demo(console: Console | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dualflow-demo-") as tmp:
         sandbox = Sandbox(Path(tmp) / "banks", seed=SEED)
+        routing_file = Path(tmp) / "routing.toml"
+        routing_file.write_text(ROUTING_TOML)
         # The mock banks run in their own sessions (a Ctrl-C in the terminal does not reach them):
         # whatever ends this process stops them, and atexit is the last resort.
         atexit.register(sandbox.stop)
         try:
             try:
-                sandbox.start()
+                sandbox.start(psp_bin_ranges=PSP_BIN_RANGES)
             except RuntimeError as exc:
                 console.print(f"[bold red]dualflow demo FAILED[/bold red]: the mock banks did not start: "
                               f"{escape(str(exc))}")
@@ -554,12 +817,12 @@ async def run_demo(console: Console | None = None) -> int:
             await operator.fair()
             db, config = Path(tmp) / "dualflow.db", Path(tmp) / "dualflow.toml"
             shop_key, office_key = generate_api_key(), generate_api_key()
-            write_config(config, shop_key, office_key, sandbox.channels_toml())
+            write_config(config, shop_key, office_key, sandbox.channels_toml(), routing_file)
             platform = Platform(ServerConfig(listen="127.0.0.1:0", db=str(db), config_path=str(config),
                                              callback_port=sandbox.callback_port, grace_s=2))
             platform.payments.polls = PollTiming(first_ns=POLL_FIRST_NS, window_ns=POLL_WINDOW_NS)
             platform.payments.poll_tick_s = POLL_TICK_S
-            metrics_before = channel_metrics()
+            metrics_before, routing_before = channel_metrics(), routing_counts()
             await platform.start()
             try:
                 console.print(
@@ -567,15 +830,25 @@ async def run_demo(console: Console | None = None) -> int:
                     f"{len(STOREFRONTS)} merchants; the shop calls with a fresh API key (the config holds only "
                     f"its SHA-256)\nthe mock banks, each its own process, seeded with {SEED}:")
                 for name, bank in sandbox.banks.items():
-                    console.print(f"  {name:<11} {KINDS[name]:<20} 127.0.0.1:{bank.port}")
+                    line = f"  {name:<11} {KINDS[name]:<20} 127.0.0.1:{bank.port}  {TERMS.get(name, '')}"
+                    console.print(line.rstrip())
                 console.print(f"  their callbacks to the platform's listener, {sandbox.callback_base}/<channel>")
+                console.print(
+                    f"the router, {routing_file.name}, seeded with {ROUTING_SEED}: exploration 0 (greedy); "
+                    f"health_max_age_s {HEALTH_MAX_AGE_S:g}, a demo setting (outcomes forgotten after seconds, not "
+                    f"minutes);\n  a breaker per channel, open at 3 faults in its last 5 outcomes, half-open after 1 s")
                 async with grpc.aio.insecure_channel(platform.address) as channel:
+                    operator.steer(channel, office_key)
                     day = await demo_shop.play_day(channel, shop_key, say, operator)
                     ledger = await read_ledger(channel, office_key, CHANNELS)
+                    health = await routing_pb2_grpc.RoutingAdminStub(channel).ListChannelHealth(
+                        routing_pb2.ListChannelHealthRequest(), metadata=(("authorization", f"Bearer {office_key}"),),
+                        timeout=10)
                 attempts = {t.payment_id: (await platform.payments.get_payment(t.payment_id)).attempt
                             for t in day.top_ups}
-                metrics_after = channel_metrics()
+                metrics_after, routing_after = channel_metrics(), routing_counts()
                 metrics_after.subtract(metrics_before)
+                routing_after.subtract(routing_before)
                 channels = channel_rows(day, metrics_after)
                 books = [check_book(name, await asyncio.to_thread(sandbox.banks[name].book), day)
                          for name in CHANNELS]
@@ -586,12 +859,29 @@ async def run_demo(console: Console | None = None) -> int:
             atexit.unregister(sandbox.stop)
 
     console.print()
-    verdicts = _print_tables(console, day, ledger, attempts, channels, books)
+    verdicts = _print_tables(console, day, ledger, attempts, channels, books, wave_rows(day), health, routing_after)
+    decided: Counter[str] = Counter()
+    fallbacks: Counter[str] = Counter()
+    for (kind, name, reason), n in routing_after.items():
+        if kind == "decisions":
+            decided[name] += n
+            fallbacks[name] += n if reason == "FALLBACK" else 0
+    console.print("Routing decisions all day (dualflow_routing_decisions_total): " + "; ".join(
+        f"{c} {decided[c]}" + (f" ({fallbacks[c]} as the fallback)" if fallbacks[c] else "")
+        for c in (*CHANNELS, "none") if decided[c] or c != "none"))
+    carried_in_outage, tried_in_outage = _outage_tries(day)
+    tried = {0: "never", 1: "once", 2: "twice"}.get(tried_in_outage, f"{tried_in_outage} times")
     checks = {
         "a payment the card bank never received went to the PSP (attempt 2) and succeeded": _rerouted_to_psp(
             day, attempts),
         "a lost card-bank reply: UNKNOWN, then SUCCEEDED by polling": _lost_reply_resolved(day, channels),
         "answers left pending at the PSP and the rail came by callback": _callbacks_resolved(day, channels),
+        f"rush hour: all {len(RUSH)} card payments succeeded, through the outage too": _rush_succeeded(day),
+        f"the operator's change (version {operator.versions[0]} → {operator.versions[1]}) decided every rush-hour "
+        f"payment, none before": _hot_change(day, operator.versions),
+        "fair weather, Thompson sampling: both card channels carried some of the first wave": _healthy_shared(day),
+        f"the {CARD} outage: it carried none of the wave; tried {tried} (at most {OUTAGE_TRIES_MAX}) before the "
+        f"router steered around it": carried_in_outage == 0 and tried_in_outage <= OUTAGE_TRIES_MAX,
         "the banks' books agree with our payments, instruction by instruction": all(b.agrees for b in books),
         "a retried order returned the same payment (idempotency)": day.idempotent_ok,
         "a refund above what is left was refused (REFUND_EXCEEDS_CAPTURED)": day.over_refund_refused,

@@ -5,14 +5,16 @@ knows dualflow only through the PaymentGateway gRPC API, the generated stubs and
 customers top their wallets up by card (tokenized first; the shop never keeps a card number) or
 by bank transfer, and follow each top-up with WatchPayment until the bank has answered; the tea
 house grants loyalty points, trade orders become payment orders paid from the wallet or with
-points, one order is retried with the same request_id, one is partly refunded, and an event
-consumer follows both storefronts' event streams all day. Nothing is printed here: progress goes
+points, one order is retried with the same request_id, one is partly refunded, the tea house's
+rush hour brings waves of walk-in guests paying by card a few at a time, and an event consumer
+follows both storefronts' event streams all day. Nothing is printed here: progress goes
 to a `say` callback (the demo prints it as it happens) and the day's facts come back as a `Day`
 for the caller to show.
 
 The banks behind the platform are not the shop's business. The one hook that knows of them is
-`BankWeather`, called around each top-up: the demo uses it to give each top-up its own trouble
-at the (mock) bank, the way a sandbox operator would; a real shop passes nothing.
+`BankWeather`, called around each top-up and each wave of the rush hour: the demo uses it to
+give each its own trouble at the (mock) bank and to steer the router, the way a sandbox
+operator would; a real shop passes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,13 +50,19 @@ class BankWeather(Protocol):
     """What happens at the banks around one top-up. Not part of any real shop: the demo's sandbox
     operator injects a fault before the top-up is asked for (`before`), hears of each state the
     shop's WatchPayment shows (`seen`: from the first it knows the payment id, and may lift the
-    fault early), and clears it when the top-up has ended (`after`, also when it failed)."""
+    fault early), and clears it when the top-up has ended (`after`, also when it failed). Around
+    each wave of the rush hour (`before_wave`, `after_wave`: every payment of the wave has ended)
+    it may cut a bank off or change how the platform routes."""
 
     async def before(self, top_up: TopUpSpec) -> None: ...
 
     async def seen(self, top_up: TopUpSpec, payment: pb.Payment) -> None: ...
 
     async def after(self, top_up: TopUpSpec) -> None: ...
+
+    async def before_wave(self, wave: int) -> None: ...
+
+    async def after_wave(self, wave: int) -> None: ...
 
 
 class FairWeather:
@@ -66,6 +75,12 @@ class FairWeather:
         return None
 
     async def after(self, top_up: TopUpSpec) -> None:
+        return None
+
+    async def before_wave(self, wave: int) -> None:
+        return None
+
+    async def after_wave(self, wave: int) -> None:
         return None
 
 
@@ -135,6 +150,28 @@ ORDERS: tuple[OrderSpec, ...] = (
     OrderSpec("T-1006", "tea-house", "alice", pb.ASSET_POINTS, 40_00, "Tea tasting for two"),
     OrderSpec("T-1007", "tea-house", "carol", pb.ASSET_POINTS, 8_00, "Green tea sample"),
 )
+# The tea house's rush hour: walk-in guests pay at the counter by card (Visa test numbers, tokenized
+# first like the customers' cards), in waves of a dozen, a few payments in flight at once.
+RUSH_WAVES = 3
+RUSH_WAVE_SIZE = 12
+RUSH_AT_ONCE = 3
+RUSH_CARDS = ("4242424242424242", "4012888888881881", "4000056655665556")
+RUSH_PRICES = (32_00, 38_00, 45_00, 58_00)
+
+
+@dataclass(frozen=True, slots=True)
+class RushOrder:
+    trade_order_id: str
+    wave: int  # 0-based
+    guest: str  # a walk-in guest: no wallet here, the card pays the tea house directly
+    card_number: str = field(repr=False)
+    amount: int
+
+
+RUSH: tuple[RushOrder, ...] = tuple(
+    RushOrder(f"RUSH-{i + 1:02d}", i // RUSH_WAVE_SIZE, f"guest-{i + 1:02d}", RUSH_CARDS[i % len(RUSH_CARDS)],
+              RUSH_PRICES[i % len(RUSH_PRICES)])
+    for i in range(RUSH_WAVES * RUSH_WAVE_SIZE))
 RETRIED_ORDER = "T-1004"  # its answer is "lost" and the shop sends it again
 REFUNDED_ORDER = "T-1005"  # one cookbook comes back
 PARTIAL_REFUND = 80_00
@@ -358,6 +395,43 @@ class Shop:
                 await seen(p)
         return top_up
 
+    async def pay_by_card(self, order: RushOrder) -> pb.Payment:
+        """A guest pays the tea house by card at the counter; the payment as it ended (WatchPayment)."""
+        card = await self.stub.TokenizeCard(pb.TokenizeCardRequest(
+            card_number=order.card_number, exp_month=12, exp_year=datetime.date.today().year + 3),
+            metadata=self.metadata, timeout=CALL_TIMEOUT_S)
+        last = await self.stub.CreatePayment(pb.CreatePaymentRequest(
+            request_id=f"order-{order.trade_order_id}", merchant_id=WALLET_MERCHANT, payer=f"user:{order.guest}",
+            payee=f"merchant:{WALLET_MERCHANT}", amount=order.amount, currency=CNY, asset=pb.ASSET_BANK_CARD,
+            method=pb.PaymentMethod(card_token=card.token), trade_order_id=order.trade_order_id,
+            description="tea at the counter"), metadata=self.metadata, timeout=CALL_TIMEOUT_S)
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            async for p in self.stub.WatchPayment(pb.WatchPaymentRequest(payment_id=last.payment_id),
+                                                  metadata=self.metadata):
+                last = p
+        if last.routing.rerouted_from:
+            self.say(f"{order.trade_order_id} {order.guest} {money(order.amount)} by {masked(card)}: "
+                     f"{status_name(last.status)} at {last.channel} (it never reached "
+                     f"{', '.join(last.routing.rerouted_from)}: sent to the next channel)")
+        return last
+
+    async def rush_wave(self, wave: int) -> tuple[list[pb.Payment], float]:
+        """One wave of guests, RUSH_AT_ONCE payments in flight at a time: the payments as they
+        ended, and the seconds the wave took."""
+        gate = asyncio.Semaphore(RUSH_AT_ONCE)
+
+        async def one(order: RushOrder) -> pb.Payment:
+            async with gate:
+                return await self.pay_by_card(order)
+
+        await self.weather.before_wave(wave)
+        try:
+            started = time.monotonic()
+            paid = list(await asyncio.gather(*(one(o) for o in RUSH if o.wave == wave)))
+            return paid, time.monotonic() - started
+        finally:
+            await self.weather.after_wave(wave)
+
     async def pay(self, request_id: str, merchant_id: str, payer: str, payee: str, asset: int, amount: int,
                   trade_order_id: str, description: str) -> pb.Payment:
         return await self.stub.CreatePayment(pb.CreatePaymentRequest(
@@ -462,6 +536,14 @@ async def play_day(channel: grpc.aio.Channel, api_key: str, say: Say, weather: B
             line = (f"{REFUNDED_ORDER} refund of {money(OVER_REFUND)} refused: {err.code().name} {info.reason}"
                     + (f" ({money(int(left))} left)" if left.isdigit() else ""))
         say(line)
+
+        say(f"Rush hour: {len(RUSH)} walk-in guests pay the tea house by card, in {RUSH_WAVES} waves, "
+            f"{RUSH_AT_ONCE} at a time", heading=True)
+        for wave in range(RUSH_WAVES):
+            paid, took_s = await shop.rush_wave(wave)
+            ok = sum(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in paid)
+            carried = ", ".join(f"{name} {n}" for name, n in sorted(Counter(p.channel for p in paid).items()))
+            say(f"wave {wave + 1}: {len(paid)} card payments, {ok} SUCCEEDED in {took_s:.2f} s (carried by {carried})")
 
         say("Evening: the books, and the event stream the shop followed all day", heading=True)
         # Evening: the books. Every payment order as the platform has it now (ListPayments).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +52,16 @@ class Sandbox:
     def callback_base(self) -> str:
         return f"http://127.0.0.1:{self.callback_port}/callbacks"
 
-    def start(self, kinds: tuple[str, ...] = KINDS, fee_bps: dict[str, int] | None = None) -> Sandbox:
+    def start(self, kinds: tuple[str, ...] = KINDS, fee_bps: dict[str, int] | None = None,
+              psp_bin_ranges: Sequence[tuple[str, str]] = ()) -> Sandbox:
+        """Start the banks of `kinds`. `psp_bin_ranges`: the only cards the PSP channel may take,
+        as inclusive BIN prefix ranges (its `bin_ranges` setting); empty: any card."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fees = fee_bps or {"iso8583": 55, "psp": 60, "transfer": 10}
         try:
             for kind in kinds:
-                getattr(self, f"_start_{kind}")(NAMES[kind], fees.get(kind, 0))
+                extra = {"bin_ranges": psp_bin_ranges} if kind == "psp" else {}
+                getattr(self, f"_start_{kind}")(NAMES[kind], fees.get(kind, 0), **extra)
         except BaseException:
             self.stop()
             raise
@@ -88,7 +93,7 @@ class Sandbox:
             "reply_timeout_s": 2, "echo_interval_s": 5, "connect_wait_s": 0.5,
         }, {"mac_key": key})
 
-    def _start_psp(self, name: str, fee_bps: int) -> None:
+    def _start_psp(self, name: str, fee_bps: int, bin_ranges: Sequence[tuple[str, str]] = ()) -> None:
         keys = self.folder / "psp-keys"
         bank = MockBankProcess("psp", "--keys-dir", str(keys), "--init-keys", "--seed", str(self.seed),
                                log_dir=self.folder).start()
@@ -98,6 +103,7 @@ class Sandbox:
             "base_url": f"http://127.0.0.1:{bank.port}", "mch_id": merchant["mch_id"],
             "serial_no": merchant["serial_no"], "currencies": ["CNY"], "assets": ["BANK_CARD"],
             "fee": {"fixed": 0, "bps": fee_bps}, "notify_url": f"{self.callback_base}/{name}", "timeout_ms": 2000,
+            **({"bin_ranges": [list(r) for r in bin_ranges]} if bin_ranges else {}),
         }, {"merchant_private_key": keys / "merchant_private_key.pem",
             "platform_certificates": keys / "platform_certificates.pem", "api_v3_key": keys / "api_v3_key"})
 

@@ -80,6 +80,31 @@ class _Transport(Exception):
         self.sent = sent
 
 
+def _bin_ranges(settings: Mapping[str, Any], channel: str) -> tuple[tuple[str, str], ...]:
+    """`bin_ranges = [[low, high], ...]`: the card numbers this merchant account may take, as
+    inclusive ranges of prefixes of equal length (`[["4", "4"]]`: Visa only). Absent or empty: any
+    card. The PSP collects the card itself, so no card number reaches this adapter to check: the
+    router applies the ranges (Capabilities.bin_ranges) before it ever chooses this channel."""
+    raw = settings.get("bin_ranges", ())
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"channel {channel!r}: psp setting 'bin_ranges' must be a list of [low, high] prefixes")
+    ranges = []
+    for i, pair in enumerate(raw):
+        where = f"channel {channel!r}: psp setting 'bin_ranges[{i}]'"
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                isinstance(p, str) and p.isascii() and p.isdigit() and 1 <= len(p) <= 6 for p in pair)):
+            # Six: routing sees a card's BIN as its first six digits (the vault's bin6).
+            raise ValueError(f"{where} must be [low, high], each a card number prefix of 1 to 6 digits")
+        low, high = pair
+        # Capabilities compares the card's first len(low) digits with both ends: equal lengths.
+        if len(low) != len(high):
+            raise ValueError(f"{where}: low and high must have as many digits ({low!r}, {high!r})")
+        if low > high:
+            raise ValueError(f"{where}: low {low!r} is above high {high!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
 def _fees(settings: Mapping[str, Any], currencies: frozenset[str]) -> dict[str, FeeSchedule]:
     fee = settings.get("fee") or {}
     if not isinstance(fee, Mapping):
@@ -112,6 +137,7 @@ class PspAdapter:
             flows=frozenset({Flow.PAY, Flow.QUERY, Flow.REFUND, Flow.CALLBACK, Flow.STATEMENT}),
             min_amount=int(s.get("min_amount", 1)),
             max_amount=int(s.get("max_amount", 2**63 - 1)),
+            bin_ranges=_bin_ranges(s, self.name),
             fees=_fees(s, currencies),
         )
         self._private_key = load_private_key(config.read_key("merchant_private_key"))

@@ -5,6 +5,7 @@ the nonce cache and the platform certificates file. No sockets."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from dualflow.adapters.contract import Outcome
-from dualflow.adapters.psp import signing, transformers
+from dualflow.adapters.contract import ChannelConfig, Outcome
+from dualflow.adapters.psp import create, signing, transformers
 from dualflow.adapters.psp.keys import NonceCache, PlatformKeys, load_private_key, parse_platform_keys
+from dualflow.core.payments.model import Asset
 from dualflow.mock_banks.psp import crypto as mock_crypto
 
 # A throwaway 2048-bit key made for these vectors only (never used anywhere else).
@@ -275,3 +277,41 @@ def test_platform_certificates_file(tmp_path: Path) -> None:
     assert platform.get("5157F09EFDC096DE") is not None and platform.get("ABCD") is None
     path.write_bytes(_cert(key) + _cert(key, serial=0xABCD))
     assert platform.get("ABCD") is not None  # picked up without a restart
+
+
+@pytest.mark.parametrize(("bin_ranges", "expected"), [
+    # the setting                      describe().bin_ranges and the cards it takes, or the error
+    (None,                             ((), "visa mastercard")),
+    ([],                               ((), "visa mastercard")),
+    ([["4", "4"]],                     ((("4", "4"),), "visa")),
+    ([["51", "55"], ["2221", "2720"]], ((("51", "55"), ("2221", "2720")), "mastercard")),
+    ("4",                              "must be a list"),
+    ([["4"]],                          "must be [low, high]"),
+    ([[4, 4]],                         "must be [low, high]"),
+    ([["4a", "4b"]],                   "must be [low, high]"),
+    ([["4000000", "4999999"]],         "must be [low, high]"),
+    ([["4", "49"]],                    "as many digits"),
+    ([["5", "4"]],                     "is above high"),
+])
+def test_bin_ranges_setting(tmp_path: Path, bin_ranges: object, expected: tuple[object, str] | str) -> None:
+    (tmp_path / "merchant.pem").write_bytes(TEST_KEY_PEM)
+    (tmp_path / "platform.pem").write_bytes(_cert(load_private_key(TEST_KEY_PEM)))
+    (tmp_path / "api_v3_key").write_bytes(API_V3_KEY)
+    settings: dict[str, object] = {"base_url": "http://127.0.0.1:9", "mch_id": "1900000109",
+                                   "serial_no": "5157F09EFDC096DE"}
+    if bin_ranges is not None:
+        settings["bin_ranges"] = bin_ranges
+    config = ChannelConfig(name="psp-visa", kind="psp", settings=settings, key_files={
+        "merchant_private_key": tmp_path / "merchant.pem", "platform_certificates": tmp_path / "platform.pem",
+        "api_v3_key": tmp_path / "api_v3_key"})
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            create(config)
+        return
+    ranges, takes = expected
+    caps = create(config).describe()
+    assert caps.bin_ranges == ranges
+    # As the router asks (routing/policy.py): by the card's BIN.
+    cards = {"visa": "411111", "mastercard": "555555"}
+    assert {brand for brand, bin6 in cards.items() if caps.accepts(Asset.BANK_CARD, "CNY", 100, bin6)} \
+        == set(takes.split())

@@ -228,8 +228,15 @@ DEMO_ORDERS = {
     "T-1007": ("SUCCEEDED", ""),
 }
 DEMO_CARD_NUMBERS = ("4111111111111111", "6200000000000005", "5555555555554444")
-# The channel table: our payments per channel and how each channel answered (exact where the day
-# fixes it; polls and callbacks can repeat, so those are checked as "some" or "none").
+DEMO_RUSH_CARD_NUMBERS = ("4242424242424242", "4012888888881881", "4000056655665556")
+# The rush hour: 3 waves of 12 Visa payments (the router may send each to the card bank or the
+# PSP), the card bank cut off for the second; its table has a row per wave and card channel.
+DEMO_RUSH_WAVES = ("1 fair weather", "2 cardbank outage", "3 cardbank back")
+DEMO_RUSH_WAVE_SIZE = 12
+DEMO_OUTAGE_TRIES_MAX = 6
+# The channel table: our payments per channel and how each channel answered, for the morning's
+# scripted top-ups (exact where the day fixes it; polls and callbacks can repeat, so those are
+# checked as "some" or "none"); the test adds what the rush-hour table says the rush brought.
 DEMO_CHANNELS = {
     "cardbank": {"payments": "2", "succeeded": "1", "failed": "1", "unknown→resolved": "1", "sent: final": "1",
                  "pending": "0", "unknown": "1", "never sent": "1", "callbacks": "0"},
@@ -238,7 +245,8 @@ DEMO_CHANNELS = {
     "bank-rail": {"payments": "1", "succeeded": "1", "failed": "0", "unknown→resolved": "0", "sent: final": "0",
                   "pending": "1", "unknown": "0", "never sent": "0", "polls: final": "0"},
 }
-# Each bank's own book against our payments through it: pay lines (succeeded/failed), refunds.
+# Each bank's own book against our payments through it: pay lines (succeeded/failed), refunds, for
+# the morning (plus the rush hour's, from its table).
 DEMO_BOOKS = {
     "cardbank": ("2", "1/1", "0"),
     "wallet-psp": ("1", "1/0", "0"),
@@ -246,14 +254,18 @@ DEMO_BOOKS = {
 }
 
 
-def _table(text: str, first_header: str) -> list[dict[str, str]]:
-    """The rows of the rich table whose first column is `first_header`, as dicts by column name."""
+def _table(text: str, first_header: str, also: str = "") -> list[dict[str, str]]:
+    """The rows of the rich table whose first column is `first_header` (and which has a column
+    `also`, where two tables start alike), as dicts by column name."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("┃") and
-                 line.strip("┃").split("┃")[0].strip() == first_header)
+                 line.strip("┃").split("┃")[0].strip() == first_header and
+                 (not also or also in [c.strip() for c in line.strip("┃").split("┃")]))
     header = [c.strip() for c in lines[start].strip("┃").split("┃")]
     rows = []
     for line in lines[start + 2:]:
+        if line.startswith("├"):  # a line between sections of rows
+            continue
         if not line.startswith("│"):
             break
         rows.append(dict(zip(header, (c.strip() for c in line.strip("│").split("│")), strict=True)))
@@ -295,6 +307,34 @@ def test_demo_plays_a_shop_and_balances() -> None:
     for number in DEMO_CARD_NUMBERS:
         assert number not in out and number not in done.stderr
         assert f"{number[:6]}******{number[-4:]}" in out
+    for number in DEMO_RUSH_CARD_NUMBERS:
+        assert number not in out and number not in done.stderr
+
+    # The rush hour, as each payment's routing decision recorded it: every payment succeeded; in
+    # the outage the card bank carried none and was tried a bounded number of times (each time
+    # refused, NOT_SUBMITTED, so the payment went on to the PSP, which never refused one); in
+    # fair weather both card channels had a share (Thompson sampling with the demo's seed).
+    rush = _table(out, "wave")
+    assert [(r["wave"], r["channel"]) for r in rush] == [
+        (wave, channel) for wave in DEMO_RUSH_WAVES for channel in ("cardbank", "wallet-psp")], rush
+    by_wave = {(r["wave"], r["channel"]): {k: int(v) for k, v in r.items() if k not in ("wave", "channel", "estimate")}
+               for r in rush}
+    for wave in DEMO_RUSH_WAVES:
+        assert sum(by_wave[(wave, c)]["carried"] for c in ("cardbank", "wallet-psp")) == DEMO_RUSH_WAVE_SIZE, rush
+        assert sum(by_wave[(wave, c)]["chosen"] for c in ("cardbank", "wallet-psp")) == DEMO_RUSH_WAVE_SIZE, rush
+    for (_, channel), r in by_wave.items():
+        # The card bank carries what it was chosen for, except what it refused; the PSP carries
+        # what it was chosen for and what the card bank refused in the same wave.
+        assert r["succeeded"] == r["carried"], rush
+        if channel == "cardbank":
+            assert r["carried"] == r["chosen"] - r["never reached"], rush
+    carried = Counter({c: sum(by_wave[(w, c)]["carried"] for w in DEMO_RUSH_WAVES) for c in ("cardbank", "wallet-psp")})
+    never = Counter({c: sum(by_wave[(w, c)]["never reached"] for w in DEMO_RUSH_WAVES)
+                     for c in ("cardbank", "wallet-psp")})
+    outage = by_wave[("2 cardbank outage", "cardbank")]
+    assert outage["carried"] == 0 and outage["never reached"] == outage["chosen"] <= DEMO_OUTAGE_TRIES_MAX, rush
+    assert never["wallet-psp"] == 0 and never["cardbank"] == outage["never reached"], rush
+    assert all(by_wave[("1 fair weather", c)]["carried"] > 0 for c in ("cardbank", "wallet-psp")), rush
 
     orders = {row["trade order"]: row for row in _table(out, "trade order")}
     assert {k: (row["status"], row["reason"]) for k, row in orders.items()} == DEMO_ORDERS, out
@@ -321,28 +361,53 @@ def test_demo_plays_a_shop_and_balances() -> None:
     assert re.fullmatch(r"CREATED → PROCESSING \S+ → FAILED \(CARD_DECLINED\) \S+", states[2]), states
     assert re.fullmatch(r"CREATED → PROCESSING \S+ → SUCCEEDED \S+", states[3]), states
 
-    channels = {row["channel"]: row for row in _table(out, "channel")}
+    channels = {row["channel"]: row for row in _table(out, "channel", also="never sent")}
     assert set(channels) == set(DEMO_CHANNELS), channels
-    for name, expected in DEMO_CHANNELS.items():
+    for name, morning in DEMO_CHANNELS.items():
+        # The rush hour's card payments: each answered final at once by the channel that carried
+        # it, or refused (never sent) by the card bank in its outage.
+        expected = {k: str(int(v) + (carried[name] if k in ("payments", "succeeded", "sent: final") else
+                                     never[name] if k == "never sent" else 0))
+                    for k, v in morning.items()}
         assert {k: channels[name][k] for k in expected} == expected, (name, channels[name])
     assert channels["cardbank"]["polls: final"] == "1"  # the lost reply, resolved by polling
     for name in ("wallet-psp", "bank-rail"):  # pending at the channel, then its callback (no poll heard it)
         assert int(channels[name]["callbacks"]) >= 1, channels[name]
 
     books = {row["bank"]: row for row in _table(out, "bank")}
+    expected_books = {}
+    for name, (pay, ok_failed, refunds) in DEMO_BOOKS.items():
+        ok, failed = ok_failed.split("/")
+        expected_books[name] = (str(int(pay) + carried[name]), f"{int(ok) + carried[name]}/{failed}", refunds)
     assert {name: (row["book: pay"], row["book: ok/failed"], row["book: refunds"]) for name, row in books.items()} \
-        == DEMO_BOOKS, books
+        == expected_books, books
     for name, row in books.items():
-        assert (row["ours: payments"], row["ours: ok/failed"], row["ours: refunds"]) == DEMO_BOOKS[name], row
+        assert (row["ours: payments"], row["ours: ok/failed"], row["ours: refunds"]) == expected_books[name], row
         assert row["per instruction"] == "agree", row
+
+    # The router's view in the evening and its decisions all day: bob's UnionPay and carol's
+    # Mastercard could only go to the card bank (the PSP takes Visa only), the transfer only to the
+    # rail; the PSP took each refused payment as the fallback (alice's and the outage's).
+    router = {row["channel"]: row for row in _table(out, "channel", also="breaker")}
+    assert set(router) == {"cardbank", "wallet-psp", "bank-rail"}, router
+    assert "ONLY_CANDIDATE 2" in router["cardbank"]["decisions"].split(", "), router
+    assert "CARD_BIN 2" in router["wallet-psp"]["excluded from decisions"].split(", "), router
+    fallbacks = [d for d in router["wallet-psp"]["decisions"].split(", ") if d.startswith("FALLBACK ")]
+    assert fallbacks == [f"FALLBACK {1 + never['cardbank']}"], router
+    assert router["bank-rail"]["decisions"] == "ONLY_CANDIDATE 1", router
+    chosen = Counter({c: sum(by_wave[(w, c)]["chosen"] for w in DEMO_RUSH_WAVES) for c in ("cardbank", "wallet-psp")})
+    assert (f"Routing decisions all day (dualflow_routing_decisions_total): cardbank {3 + chosen['cardbank']}; "
+            f"wallet-psp {chosen['wallet-psp'] + 1 + never['cardbank']} ({1 + never['cardbank']} as the fallback); "
+            f"bank-rail 1") in out, out
 
     assert "the same payment pay_" in out
     assert "refused: FAILED_PRECONDITION REFUND_EXCEEDS_CAPTURED" in out
     wallets = {row["user"]: row["wallet"] for row in _table(out, "user")}
     assert wallets == {"alice": "576.00 CNY", "bob": "340.00 CNY", "carol": "50.00 CNY"}
     events = {row["type"]: row["total"] for row in _table(out, "type")}
-    assert events["payment.unknown"] == "1" and events["payment.rerouted"] == "1", events
+    assert events["payment.unknown"] == "1" and events["payment.rerouted"] == str(1 + never["cardbank"]), events
+    assert events["payment.created"] == str(4 + len(DEMO_RUSH_WAVES) * DEMO_RUSH_WAVE_SIZE), events
     assert events["refund.succeeded"] == "1", events
-    assert out.count("  ok   ") == 9 and "FAIL " not in out, out
+    assert out.count("  ok   ") == 13 and "FAIL " not in out, out
     print(f"demo: {elapsed_s:.1f}s")
     assert elapsed_s < 30
