@@ -15,8 +15,12 @@ the hand-overs between them:
   EXISTS (same fields) or raises `ObligationConflict` (other fields), whichever
   window holds it.
 
-Pure and in memory: a persistent version stores each window's fields (see
-window.py) and the id index; nothing here reads a clock or does I/O.
+Pure and in memory; nothing here reads a clock or does I/O. The persistent
+service (clearing/service.py, clearing/store.py) stores each window's fields
+(see window.py) and the id index, and rebuilds a center with `restore`. It keeps
+only the live windows (open, closed, settling) in memory: a finished window is
+`evict`ed once stored, and the ids of its obligations are answered from the
+store from then on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable
 from .caps import NO_CAPS, Admission, CapPolicy, NetDebitCaps, PoolPosition, Submission
 from .errors import ObligationConflict, UnknownWindow
 from .netting import NettingOptions, NettingResult, Obligation
-from .window import InstructionState, SettlementInstruction, SettlementWindow
+from .window import InstructionState, SettlementInstruction, SettlementWindow, WindowState
 
 
 def default_window_id(seq: int) -> str:
@@ -43,7 +47,8 @@ class ClearingCenter:
         self._window_id = window_id
         self.windows: dict[str, SettlementWindow] = {}  # in opening order
         self._seq = 0
-        self._ids: dict[str, Obligation] = {}  # every obligation admitted or queued, any window
+        self._ids: dict[str, Obligation] = {}  # every obligation admitted or queued, any live window
+        self._where: dict[str, str] = {}  # obligation id -> the live window admitting (or queueing) it
         self.current = self._open()
 
     # ------------------------------------------------------------ the open window
@@ -57,7 +62,19 @@ class ClearingCenter:
             return Submission(Admission.EXISTS)
         submission = self.current.record(obligation, force=force)
         self._ids[obligation.obligation_id] = obligation
+        self._where[obligation.obligation_id] = self.current.window_id
         return submission
+
+    def locate(self, obligation_id: str) -> tuple[Obligation, str, Admission] | None:
+        """A live window's obligation: itself, the window holding it, and ADMITTED or QUEUED there
+        (None if no live window knows the id)."""
+        known = self._ids.get(obligation_id)
+        if known is None:
+            return None
+        window = self.windows[self._where[obligation_id]]
+        state = window.book.state_of(obligation_id) if window.state is WindowState.OPEN else Admission.ADMITTED
+        assert state in (Admission.ADMITTED, Admission.QUEUED), (obligation_id, state)
+        return known, window.window_id, state
 
     def positions(self) -> list[PoolPosition]:
         """The open window's live positions, by (currency, pool)."""
@@ -77,6 +94,7 @@ class ClearingCenter:
         self.current = self._open()
         for obligation in handed_on:
             self.current.record(obligation)
+            self._where[obligation.obligation_id] = self.current.window_id
         return closing, result
 
     def window(self, window_id: str) -> SettlementWindow:
@@ -99,6 +117,48 @@ class ClearingCenter:
         window = self.window(window_id)
         for obligation in window.finish():
             self.record(obligation, force=True)
+        return window
+
+    # ------------------------------------------------------------ persistence
+
+    @classmethod
+    def restore(cls, windows: list[SettlementWindow], last_seq: int, caps: NetDebitCaps = NO_CAPS,
+                policy: CapPolicy = CapPolicy.REFUSE, *, netting_options: NettingOptions = NettingOptions(),
+                window_id: Callable[[int], str] = default_window_id) -> ClearingCenter:
+        """A center over stored windows: the live ones (exactly one OPEN, the newest), in opening
+        order; `last_seq` is the sequence number of the newest window ever opened. The open window
+        takes `caps` and `policy` (its queued obligations wait under them)."""
+        center = cls(caps, policy, netting_options=netting_options, window_id=window_id)
+        center._seq = last_seq
+        center.windows = {}
+        center._ids = {}
+        center._where = {}
+        open_windows = [w for w in windows if w.state is WindowState.OPEN]
+        assert len(open_windows) == 1 and open_windows[0] is windows[-1], [w.window_id for w in windows]
+        for w in windows:
+            assert not w.state.final, w.window_id
+            center.windows[w.window_id] = w
+            for o in w.obligations:
+                center._ids[o.obligation_id] = o
+                center._where[o.obligation_id] = w.window_id
+        current = open_windows[0]
+        current.caps, current.policy, current.netting_options = caps, policy, netting_options
+        current._book = None  # rebuilt under the caps of now
+        for o in current.queued:
+            center._ids[o.obligation_id] = o
+            center._where[o.obligation_id] = current.window_id
+        center.current = current
+        return center
+
+    def evict(self, window_id: str) -> SettlementWindow:
+        """Forget a finished window (it is stored); its obligation ids leave the index."""
+        window = self.window(window_id)
+        assert window.state.final, (window_id, window.state)
+        for o in window.obligations:
+            if self._where.get(o.obligation_id) == window_id:
+                del self._ids[o.obligation_id]
+                del self._where[o.obligation_id]
+        del self.windows[window_id]
         return window
 
     # ------------------------------------------------------------ inside

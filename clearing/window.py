@@ -101,9 +101,12 @@ class SettlementInstruction:
     currency: str
     state: InstructionState = InstructionState.PENDING
     reason: str = ""  # the rail's reason for the last answer (a failure's cause)
+    reference: str = ""  # the rail's id for the transfer, once it named one (for reconciliation)
     retry_of: str | None = None  # the failed instruction this one repeats
     retried_by: str | None = None  # set on a FAILED one: the instruction repeating it
     carried_as: str | None = None  # set on a FAILED one at finish: the obligation carrying it on
+    attempts: int = 0  # sends to the fund flow so far (kept by the settlement driver)
+    updated_at_ns: int = 0  # when its state last changed (kept by the service, 0 in pure use)
 
     @property
     def resolved(self) -> bool:
@@ -142,6 +145,10 @@ class SettlementWindow:
     instructions: list[SettlementInstruction] = field(default_factory=list)  # by index
     summaries: list[CurrencySummary] = field(default_factory=list)  # by currency, set at close
     failed_instruction_ids: list[str] = field(default_factory=list)  # carried on at finish
+    # Wall-clock marks kept by the service (clearing/service.py); the state machine never reads them.
+    opened_at_ns: int = 0
+    closed_at_ns: int = 0
+    finished_at_ns: int = 0
     _book: PositionBook | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------ OPEN
