@@ -45,7 +45,10 @@ class Spool:
 
     def _flush(self) -> None:
         if self._batch:
-            marshal.dump(self._batch, self._file)
+            # Length-prefixed: marshal.load on a file reads it a few bytes at a time (slow).
+            data = marshal.dumps(self._batch)
+            self._file.write(len(data).to_bytes(8, "little"))
+            self._file.write(data)
             self._batch = []
 
     def lines(self) -> Iterator[StatementLine]:
@@ -53,10 +56,10 @@ class Spool:
         self._file.seek(0)
         day, status_of = self.business_date, _STATUS
         while True:
-            try:
-                batch = marshal.load(self._file)
-            except EOFError:
+            head = self._file.read(8)
+            if not head:
                 return
+            batch = marshal.loads(self._file.read(int.from_bytes(head, "little")))
             for iid, ref, kind, amount, currency, status, fee in batch:
                 yield StatementLine(day, iid, ref, kind, amount, currency, status_of[status], fee)
 

@@ -1,1 +1,39 @@
-"""Reconciliation (核算): our information flow against each channel's record of the fund flow."""
+"""Reconciliation (核算): our information flow against each channel's record of the fund flow.
+
+Public API (what the payment service wires in):
+
+    Reconciler(db, resolver=...).run(adapter, business_date) -> RunReport     one run, start to finish
+    Resolver                       protocol the payment service implements to apply MARK_SUCCEEDED /
+                                   MARK_FAILED through its state machine ("resolved by reconciliation <run>")
+    ReconciliationStore            runs, counts per class, proposed actions, EXPECTED carried forward
+    DiscrepancyService             list / assign / resolve (refund, manual_posting, write_off) with audit
+    reconcile(lines, instructions, policy, lookup=..., tally=...)   the pure engine: yields Results
+    read_instructions / lookup_instructions                          our side, read-only, paged
+    classify, Class, Action, Instruction, Line, Result, Policy       the rule and its data
+
+Modules: `model` (classes, actions, the rule), `engine` (the partitioned join), `ours` (payments
+and refunds tables), `store` (schema, runs, discrepancies), `runner` (a run, the Resolver).
+"""
+
+from .engine import Tally, reconcile
+from .model import Action, Class, Instruction, Line, Policy, Result, classify
+from .ours import fee_model, lookup_instructions, read_instructions
+from .runner import Reconciler, Resolver, RunReport
+from .store import (
+    RECON_SCHEMA,
+    BadResolution,
+    Discrepancy,
+    DiscrepancyClosed,
+    DiscrepancyNotFound,
+    DiscrepancyService,
+    ReconciliationStore,
+    Run,
+    ensure_schema,
+)
+
+__all__ = [
+    "RECON_SCHEMA", "Action", "BadResolution", "Class", "Discrepancy", "DiscrepancyClosed", "DiscrepancyNotFound",
+    "DiscrepancyService", "Instruction", "Line", "Policy", "Reconciler", "ReconciliationStore", "Resolver", "Result",
+    "Run", "RunReport", "Tally", "classify", "ensure_schema", "fee_model", "lookup_instructions", "read_instructions",
+    "reconcile",
+]

@@ -113,8 +113,11 @@ class Partitioned:
         f.seek(0, 2)  # a reader may have left the position anywhere
         for p, buf in enumerate(self._buffers):
             if buf:
+                # Length-prefixed: marshal.load on a file reads it a few bytes at a time (slow).
+                data = marshal.dumps(buf)
                 self._offsets[p].append(f.tell())
-                marshal.dump(buf, f)
+                f.write(len(data).to_bytes(8, "little"))
+                f.write(data)
                 self._buffers[p] = []
         self._buffered = 0
 
@@ -123,22 +126,23 @@ class Partitioned:
         f = self._file
         for offset in self._offsets[p]:
             f.seek(offset)
-            yield from marshal.load(f)
+            size = int.from_bytes(f.read(8), "little")
+            yield from marshal.loads(f.read(size))
 
     def close(self) -> None:
         self._file.close()
         self._buffers = [[] for _ in self._buffers]
 
 
-async def _each(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+async def _consume(source: AsyncIterable[Any] | Iterable[Any], take: Callable[[Any], None]) -> None:
     if isinstance(source, AsyncIterable):
         async for item in source:
-            yield item
-    else:
-        for n, item in enumerate(source):
-            yield item
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+            take(item)
+        return
+    for n, item in enumerate(source):
+        take(item)
+        if n % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)  # a long sync source must not starve the event loop
 
 
 async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine],
@@ -159,7 +163,9 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
     to_lookup = Partitioned(1)  # pass 3: line groups nobody of this day claims
     try:
         position = 0
-        async for sl in _each(lines):
+
+        def line(sl: StatementLine) -> None:
+            nonlocal position
             position += 1
             row = (sl.instruction_id, sl.channel_reference, sl.kind, sl.amount, sl.currency, sl.status.value,
                    sl.fee, position)
@@ -169,8 +175,9 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
                 ref_lines.add(sl.channel_reference, (sl.channel_reference, [row]))
             else:
                 to_lookup.add("", [row])
-        async for ins in _each(instructions):
-            ours.add(ins.instruction_id, tuple(ins))
+
+        await _consume(lines, line)
+        await _consume(instructions, lambda ins: ours.add(ins.instruction_id, tuple(ins)))
         # Pass 1: by instruction id.
         sides = _Sides(ref_lines, ref_ours, to_lookup)
         for p in range(ours.partitions):
