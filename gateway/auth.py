@@ -49,16 +49,19 @@ EVENTS_READ: Final = "events.read"  # event streams: SubscribeEvents, WatchPayme
 WEBHOOKS_MANAGE: Final = "webhooks.manage"
 ROUTING_READ: Final = "routing.read"  # routing configuration and channel health
 ROUTING_MANAGE: Final = "routing.manage"  # replace the configuration, disable channels, force breakers
+CLEARING_READ: Final = "clearing.read"  # positions, windows, settlements, pool balances
+CLEARING_MANAGE: Final = "clearing.manage"  # record obligations, close windows
 ADMIN: Final = "admin"  # every permission above
 
 PERMISSIONS: Final[frozenset[str]] = frozenset({
     LEDGER_READ, LEDGER_WRITE, PAYMENTS_READ, PAYMENTS_WRITE, CARDS_TOKENIZE, EVENTS_READ,
-    WEBHOOKS_MANAGE, ROUTING_READ, ROUTING_MANAGE, ADMIN,
+    WEBHOOKS_MANAGE, ROUTING_READ, ROUTING_MANAGE, CLEARING_READ, CLEARING_MANAGE, ADMIN,
 })
 
 _LEDGER = "/dualflow.v1.Ledger/"
 _PAYMENTS = "/dualflow.v1.PaymentGateway/"
 _ROUTING = "/dualflow.v1.RoutingAdmin/"
+_CLEARING = "/dualflow.v1.Clearing/"
 
 # Full gRPC method name -> the one permission it needs. A unit test walks every
 # service in the generated dualflow.v1 descriptors and fails on a method missing
@@ -89,6 +92,12 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType({
     _ROUTING + "ReplaceRoutingConfig": ROUTING_MANAGE,
     _ROUTING + "SetChannelEnabled": ROUTING_MANAGE,
     _ROUTING + "ForceBreaker": ROUTING_MANAGE,
+    _CLEARING + "RecordObligation": CLEARING_MANAGE,
+    _CLEARING + "CloseWindow": CLEARING_MANAGE,
+    _CLEARING + "GetPositions": CLEARING_READ,
+    _CLEARING + "GetWindow": CLEARING_READ,
+    _CLEARING + "ListSettlements": CLEARING_READ,
+    _CLEARING + "GetPoolBalances": CLEARING_READ,
 })
 
 # Services anyone may call without credentials: load balancers probe health and

@@ -24,6 +24,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from dualflow.adapters.contract import ChannelConfig
+from dualflow.clearing.caps import CapPolicy, NetDebitCaps
+from dualflow.clearing.settings import POOL_NAME, ClearingSettings
 from dualflow.core.errors import NotFound
 from dualflow.core.money import is_currency
 
@@ -116,6 +118,7 @@ class PlatformConfig:
     webhooks: WebhooksConfig = WebhooksConfig()
     channels: tuple[ChannelConfig, ...] = ()
     routing: RoutingSettings = RoutingSettings()
+    clearing: ClearingSettings = ClearingSettings()
     _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -162,7 +165,8 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     """Validate an already-parsed TOML document (what load_config does after reading the file)."""
-    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels", "routing"})
+    _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels", "routing",
+                           "clearing"})
     vault = _vault(data["vault"], "vault") if "vault" in data else None
     merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
     seen: dict[str, int] = {}
@@ -180,7 +184,76 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
         if name in names[:i]:
             raise ConfigError(f"channels[{i}].name", f"{name!r} is also channels[{names.index(name)}]")
     return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
-                          channels=channels, routing=_routing(data.get("routing", {}), "routing"))
+                          channels=channels, routing=_routing(data.get("routing", {}), "routing"),
+                          clearing=_clearing(data["clearing"], "clearing") if "clearing" in data
+                          else ClearingSettings())
+
+
+def _clearing(value: Any, at: str) -> ClearingSettings:
+    """The clearing center: pools (one per bank), currencies, cut-off, net debit caps, settlement."""
+    table = _table(value, at)
+    _known_keys(table, at, {"pools", "currencies", "window_s", "cutoff_offset_s", "cap_policy", "default_cap_minor",
+                            "caps", "settlement_retries", "settle_interval_s", "invariant_interval_s"})
+    pools = _string_list(_required(table, "pools", at), f"{at}.pools")
+    if not pools:
+        raise ConfigError(f"{at}.pools", "empty; name the pools, one per bank")
+    for i, pool in enumerate(pools):
+        if not POOL_NAME.fullmatch(pool):
+            raise ConfigError(f"{at}.pools[{i}]", f"{pool!r} is not 1-64 letters, digits and _.- (it is a metrics "
+                                                  "label and part of ledger account names)")
+        if pool in pools[:i]:
+            raise ConfigError(f"{at}.pools[{i}]", f"{pool!r} is also {at}.pools[{pools.index(pool)}]")
+    currencies = _string_list(_required(table, "currencies", at), f"{at}.currencies")
+    if not currencies:
+        raise ConfigError(f"{at}.currencies", "empty; give at least one")
+    for i, code in enumerate(currencies):
+        if not is_currency(code):
+            raise ConfigError(f"{at}.currencies[{i}]", f"{code!r} is not an ISO 4217 currency code")
+        if code in currencies[:i]:
+            raise ConfigError(f"{at}.currencies[{i}]", f"{code!r} is listed twice")
+    window_s = _non_negative(table.get("window_s", 0), f"{at}.window_s")
+    offset_s = _non_negative(table.get("cutoff_offset_s", 0), f"{at}.cutoff_offset_s")
+    if offset_s and offset_s >= window_s:
+        raise ConfigError(f"{at}.cutoff_offset_s", f"{offset_s} must be less than window_s ({window_s})"
+                          if window_s else "needs window_s (the cut-off period it shifts)")
+    policy = _string(table.get("cap_policy", "refuse"), f"{at}.cap_policy")
+    if policy not in {p.value for p in CapPolicy}:
+        raise ConfigError(f"{at}.cap_policy", f"{policy!r} is not refuse or queue")
+    default_cap = _non_negative(table["default_cap_minor"], f"{at}.default_cap_minor") \
+        if "default_cap_minor" in table else None
+    caps: dict[tuple[str, str], int] = {}
+    for pool, per_currency in _table(table.get("caps", {}), f"{at}.caps").items():
+        if pool not in pools:
+            raise ConfigError(f"{at}.caps.{pool}", f"{pool!r} is not one of {at}.pools")
+        for code, cap in _table(per_currency, f"{at}.caps.{pool}").items():
+            if code not in currencies:
+                raise ConfigError(f"{at}.caps.{pool}.{code}", f"{code!r} is not one of {at}.currencies")
+            caps[(pool, code)] = _non_negative(cap, f"{at}.caps.{pool}.{code}")
+    defaults = ClearingSettings()
+    retries = _non_negative(table.get("settlement_retries", defaults.settlement_retries),
+                            f"{at}.settlement_retries")
+    settle_s = _seconds(table.get("settle_interval_s", defaults.settle_interval_s), f"{at}.settle_interval_s",
+                        zero_ok=False)
+    invariant_s = _seconds(table.get("invariant_interval_s", defaults.invariant_interval_s),
+                           f"{at}.invariant_interval_s", zero_ok=True)
+    return ClearingSettings(pools=tuple(pools), currencies=tuple(currencies), window_s=window_s,
+                            cutoff_offset_s=offset_s, cap_policy=CapPolicy(policy),
+                            caps=NetDebitCaps(caps, default_cap), settlement_retries=retries,
+                            settle_interval_s=settle_s, invariant_interval_s=invariant_s)
+
+
+def _non_negative(value: Any, at: str) -> int:
+    number = _integer(value, at)
+    if number < 0:
+        raise ConfigError(at, f"{number} is negative")
+    return number
+
+
+def _seconds(value: Any, at: str, *, zero_ok: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0 \
+            or (value == 0 and not zero_ok):
+        raise ConfigError(at, "must be a number of seconds " + (">= 0 (0 = never)" if zero_ok else "> 0"))
+    return float(value)
 
 
 def _routing(value: Any, at: str) -> RoutingSettings:

@@ -21,6 +21,8 @@ from prometheus_client import start_http_server
 
 from dualflow.adapters.dispatcher import FinancialGateway
 from dualflow.adapters.registry import build as build_adapter
+from dualflow.clearing.service import ClearingService
+from dualflow.clearing.settlement import SettlementExecutor
 from dualflow.core.balance_check import BalanceCheck
 from dualflow.core.ledger.open_store import store_from_url
 from dualflow.core.ledger.service import LedgerService
@@ -32,9 +34,11 @@ from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
 from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
 from dualflow.routing.control import RoutingControl
 from dualflow.routing.policy import DAY_S
-from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, routing_pb2, routing_pb2_grpc
+from dualflow.v1 import clearing_pb2, clearing_pb2_grpc, ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, \
+    routing_pb2, routing_pb2_grpc
 
 from .auth import AccessControl, server_credentials
+from .clearing_servicer import ClearingServicer
 from .config import PlatformConfig, load_config
 from .interceptors import ServerInterceptor
 from .ledger_servicer import LedgerServicer
@@ -50,6 +54,7 @@ SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
     payments_pb2.DESCRIPTOR.services_by_name["PaymentGateway"].full_name,
     routing_pb2.DESCRIPTOR.services_by_name["RoutingAdmin"].full_name,
+    clearing_pb2.DESCRIPTOR.services_by_name["Clearing"].full_name,
 )
 
 
@@ -80,6 +85,7 @@ def create_server(ledger: LedgerService, address: str, *,
                   health_servicer: health.aio.HealthServicer | None = None,
                   payments: PaymentGatewayServicer | None = None,
                   routing: RoutingAdminServicer | None = None,
+                  clearing: ClearingServicer | None = None,
                   credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
@@ -95,6 +101,8 @@ def create_server(ledger: LedgerService, address: str, *,
         payments_pb2_grpc.add_PaymentGatewayServicer_to_server(payments, server)
     if routing is not None:
         routing_pb2_grpc.add_RoutingAdminServicer_to_server(routing, server)
+    if clearing is not None:
+        clearing_pb2_grpc.add_ClearingServicer_to_server(clearing, server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -111,7 +119,8 @@ def create_server(ledger: LedgerService, address: str, *,
 class Platform:
     """One dualflow process: storage, ledger, gRPC server and metrics endpoint."""
 
-    def __init__(self, config: ServerConfig, *, dispatcher: ChannelDispatcher | None = None) -> None:
+    def __init__(self, config: ServerConfig, *, dispatcher: ChannelDispatcher | None = None,
+                 settlement: SettlementExecutor | None = None) -> None:
         self.config = config
         self.settings = load_config(config.config_path) if config.config_path else PlatformConfig()
         self.ledger = LedgerService(store_from_url(config.db), expiry_interval_s=config.expiry_interval_s)
@@ -145,6 +154,8 @@ class Platform:
         self._lag_watch: asyncio.Task[None] | None = None
         # Trial balance per currency and open payments by age, for dashboards and alerts.
         self.balance_check = BalanceCheck(self.ledger)
+        # The clearing center; `settlement` executes its transfers (without one, closed windows wait).
+        self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -172,6 +183,7 @@ class Platform:
         await self.webhook_dispatcher.start()
         self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
         await self.balance_check.start()
+        await self.clearing.start()
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
         cfg = self.config
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) \
@@ -179,6 +191,7 @@ class Platform:
         self.server, self.port = create_server(self.ledger, cfg.listen, interceptor=self._interceptor,
                                                 health_servicer=self._health, payments=servicer,
                                                 routing=RoutingAdminServicer(self.routing),
+                                                clearing=ClearingServicer(self.clearing),
                                                 credentials=credentials)
         await self.server.start()
         if self.config.metrics_port is not None:
@@ -260,6 +273,7 @@ class Platform:
             self._lag_watch = None
         await self.balance_check.stop()
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
+        await self.clearing.stop()  # a settlement in flight resumes at the next start
         await self.payments.stop()  # open external payments resume at the next start
         if self.routing is not None:
             await self.routing.stop()

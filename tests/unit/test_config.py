@@ -323,6 +323,12 @@ def test_permission_table_matches_the_contract() -> None:
         RoutingAdmin/ReplaceRoutingConfig routing.manage
         RoutingAdmin/SetChannelEnabled routing.manage
         RoutingAdmin/ForceBreaker      routing.manage
+        Clearing/RecordObligation      clearing.manage
+        Clearing/CloseWindow           clearing.manage
+        Clearing/GetPositions          clearing.read
+        Clearing/GetWindow             clearing.read
+        Clearing/ListSettlements       clearing.read
+        Clearing/GetPoolBalances       clearing.read
     """
     table = dict(line.split() for line in expected.strip().splitlines())
     assert dict(METHOD_PERMISSIONS) == {f"/dualflow.v1.{m}": p for m, p in table.items()}
