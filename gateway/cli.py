@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     from dualflow.bench import clearing as clearing_bench
     from dualflow.bench import ledger as ledger_bench
     from dualflow.bench import payments as payments_bench
+    from dualflow.bench import reconcile as reconcile_bench
 
     ledger_bench.add_parser(areas)
     payments_bench.add_parser(areas)
     channels_bench.add_parser(areas)
+    reconcile_bench.add_parser(areas)
     clearing_bench.add_parser(areas)
     bench.set_defaults(run=_bench)
     return parser
