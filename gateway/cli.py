@@ -1,4 +1,4 @@
-"""The `dualflow` command: serve, demo, bench."""
+"""The `dualflow` command: serve, demo, clear, bench."""
 
 from __future__ import annotations
 
@@ -34,6 +34,54 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
     return main()
+
+
+def _clear(args: argparse.Namespace) -> int:
+    """Close the open window (or show one) over the Clearing service and print its figures."""
+    import os
+
+    import grpc
+    from rich.console import Console
+    from rich.table import Table
+
+    from dualflow.core.money import format_minor
+    from dualflow.v1 import clearing_pb2 as pb
+    from dualflow.v1 import clearing_pb2_grpc
+
+    async def call() -> pb.Window:
+        key = args.api_key or os.environ.get("DUALFLOW_API_KEY", "")
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            stub = clearing_pb2_grpc.ClearingStub(channel)
+            if args.window == "current" and not args.no_close:
+                return await stub.CloseWindow(pb.CloseWindowRequest(), metadata=metadata, timeout=30)
+            return await stub.GetWindow(pb.GetWindowRequest(window_id=args.window), metadata=metadata, timeout=30)
+
+    try:
+        w = asyncio.run(call())
+    except grpc.aio.AioRpcError as exc:
+        print(f"dualflow clear: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    out = Console()
+    out.print(f"window [bold]{w.window_id}[/bold] {pb.WindowState.Name(w.state).removeprefix('WINDOW_')}: "
+              f"{w.obligation_count} obligations, {w.queued_count} queued or handed on")
+    positions = Table("pool", "currency", "owes", "owed", "net", "queued", title="positions")
+    for p in w.positions:
+        positions.add_row(p.pool, p.currency, *(format_minor(v, p.currency, with_code=False) for v in (
+            p.owes_minor, p.owed_minor, p.net_minor, p.queued_minor)))
+    netting = Table("currency", "gross", "net", "efficiency", "transfers", "N-1", "optimal", title="netting")
+    for n in w.netting:
+        netting.add_row(n.currency, format_minor(n.gross_minor, n.currency, with_code=False),
+                        format_minor(n.net_minor, n.currency, with_code=False), f"{n.efficiency:.2%}",
+                        str(n.transfer_count), str(n.transfer_bound), "yes" if n.optimal else "no")
+    transfers = Table("instruction", "payer", "payee", "amount", "state", "reason", title="settlement transfers")
+    for i in w.instructions:
+        transfers.add_row(i.instruction_id, i.payer_pool, i.payee_pool, format_minor(i.amount_minor, i.currency),
+                          pb.InstructionState.Name(i.state).removeprefix("INSTRUCTION_"), i.reason)
+    for table in (positions, netting, transfers):
+        if table.row_count:
+            out.print(table)
+    return 0
 
 
 MOCK_BANKS = ("iso8583", "psp", "transfer")
@@ -80,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a short day of the platform on a temporary SQLite database")
     demo.set_defaults(run=_demo)
+
+    clear = sub.add_parser("clear", help="cut-off: close the open clearing window and show its netting (or show "
+                                         "any window) over the Clearing service")
+    clear.add_argument("--window", required=True, help="'current' closes the open window; a window id shows it")
+    clear.add_argument("--no-close", action="store_true", help="with --window current: show it, do not close it")
+    clear.add_argument("--target", default="127.0.0.1:50051", help="the server's HOST:PORT")
+    clear.add_argument("--api-key", default=None, help="a key with clearing.manage (closing) or clearing.read "
+                                                       "(default: $DUALFLOW_API_KEY)")
+    clear.set_defaults(run=_clear)
 
     mock = sub.add_parser("mock-bank", help="run a mock bank or PSP server (loopback; see mock_banks/launcher.py)",
                           add_help=False)

@@ -236,3 +236,23 @@ async def test_permissions_split_reading_from_managing(running: Running) -> None
     assert (code, reason, meta) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING",
                                     {"permission": "clearing.manage"})
     assert (await running.call("GetWindow", pb.GetWindowRequest(), key=READER_KEY)).window_id == "W000001"
+
+
+async def test_dualflow_clear_closes_the_current_window_and_prints_its_figures(
+        running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    from dualflow.gateway.cli import main
+
+    await running.record("x1", "bank-a", "bank-b", 5_100)
+    await running.record("x2", "bank-b", "bank-a", 5_000)
+    target = ["--target", running.platform.address, "--api-key", OPS_KEY]
+    assert await asyncio.to_thread(main, ["clear", "--window", "current", "--no-close", *target]) == 0
+    shown = capsys.readouterr().out
+    assert "W000001 OPEN" in shown and "-1.00" in shown
+    assert await asyncio.to_thread(main, ["clear", "--window", "current", *target]) == 0
+    closed = capsys.readouterr().out
+    assert "W000001" in closed and "101.00" in closed and "1.00" in closed and "99.01%" in closed
+    assert "W000001/0" in closed and "bank-b" in closed
+    assert await asyncio.to_thread(main, ["clear", "--window", "W000001", *target]) == 0
+    assert "W000001/0" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["clear", "--window", "W000077", *target]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
