@@ -181,7 +181,6 @@ class Platform:
             await self.gateway.start()
         await self.payments.start()
         await self.webhook_dispatcher.start()
-        self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
         await self.balance_check.start()
         await self.clearing.start()
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
@@ -194,6 +193,9 @@ class Platform:
                                                 clearing=ClearingServicer(self.clearing),
                                                 credentials=credentials)
         await self.server.start()
+        # After self.server is set: the watch runs while it is (an await above, such as the
+        # clearing start-up, would otherwise let it see None and end at once).
+        self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
             self._metrics_http = http
