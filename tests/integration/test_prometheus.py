@@ -1,0 +1,689 @@
+"""The dashboard and the alert rules against a real Prometheus scraping a real `dualflow serve`.
+
+Debian's `prometheus` package (2.42; `.ci/run` installs it) provides `prometheus` and `promtool`.
+Without them the test skips with the reason, except under CI=true, where it fails.
+
+What is proved, and how:
+- `promtool check rules` passes on deploy/prometheus/alerts.yml, `promtool check config` on
+  deploy/prometheus/prometheus.yml, and `promtool test rules` on deploy/prometheus/alerts_test.yml
+  (each alert on synthetic series: not firing before its `for`, firing after, with its labels
+  and annotations).
+- A platform runs as a process (`dualflow serve --metrics-port 0`) with the three mock banks as
+  processes (gateway/sandbox.py), and a Prometheus (scrape and evaluation every 1 s) scrapes
+  it and itself and evaluates the real rules with every `for:` shortened to FOR_S seconds (a
+  copy generated from the real file by replacing only the `for:` lines; the test checks that
+  nothing else differs). Traffic over gRPC: card top-ups, wallet and points payments, a payment
+  without funds, card declines, bank transfers settled by callback and by polling after lost
+  replies (UNKNOWN), an idempotent replay, a refund, balance reads, a rate-limited caller, a bad
+  key, webhooks to a receiver that accepts and one that answers 410 (dead letters).
+- Every scrape target is up.
+- Every PromQL expression of the dashboard (with its variables replaced: job, all instances,
+  `$__rate_interval` = 1m) and every alert rule's expression (as Prometheus loaded them, read
+  back from /api/v1/rules) is evaluated through /api/v1/query and answers `success`, so it
+  parses. For the alerts, which are conditions (empty while healthy), each operand of the
+  condition is also queried without its comparison (`a > 0 and b < 1` gives `a` and `b`).
+  Every dashboard query and every such operand returns at least one series for the traffic,
+  except those listed in MAY_BE_EMPTY, each with the reason (events this test does not cause);
+  for those the test checks instead that Prometheus has the metric's metadata from the target,
+  i.e. the series is exposed and would show once the event happens.
+- The card bank goes down (`outage: True`) while a merchant pinned to it keeps paying by card:
+  the breaker opens (a quick breaker from the routing file) and DualflowChannelBreakerOpen for
+  the card bank goes pending, then firing FOR_S seconds later (not before, and within a few
+  scrape and evaluation intervals after). Then a row of the ledger is changed around the writer
+  and DualflowTrialBalanceBroken (no `for`) fires within seconds, from the BalanceCheck gauge
+  (its interval set to 1 s through DUALFLOW_BALANCE_CHECK_INTERVAL_S).
+- Everything started here is stopped, and no process started by the test (or naming its
+  temporary folder) is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from serve_process import ServeFactory, ServeProcess, serve_processes  # noqa: F401 - fixture
+
+from dualflow.gateway.auth import hash_api_key
+from dualflow.gateway.sandbox import NAMES, Sandbox, free_port
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc
+from dualflow.v1 import payments_pb2 as pb
+from dualflow.v1 import payments_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
+PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dualflow.json"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
+VISA = "4111111111111111"
+OPS_KEY = "dfk_" + "p" * 24
+LIMITED_KEY = "dfk_" + "l" * 24
+FOR_S = 5  # every `for:` of the real rules, in the copy Prometheus loads here
+STEP_S = 1  # scrape and evaluation interval
+# Dashboard variables as Grafana would fill them for "all instances" of the dualflow job.
+RATE_INTERVAL = "1m"
+
+# The breaker opens when half of its last 6 outcomes (at least 3) are channel faults and stays
+# open 30 s: longer than the alert's shortened `for`.
+ROUTING_TOML = """
+exploration = 1.0
+[breaker]
+window = 6
+min_samples = 3
+open_at = 0.5
+cool_down_s = 30.0
+probes = 1
+probes_to_close = 1
+[merchants.pinned]
+pinned = "cardbank"
+"""
+
+# Metric -> why no series may exist for it after this test's traffic (the family is still
+# exposed: its metadata is checked instead).
+MAY_BE_EMPTY = {
+    "dualflow_payment_poll_windows_closed_total": "polling windows last 1 h: none closes in a test",
+    "dualflow_payment_reversals_total": "reversals follow a closed polling window",
+    "dualflow_channel_reversals_total": "reversals follow a closed polling window",
+    "dualflow_channel_bad_macs_total": "no MAC fault is injected (on the card bank it would open the breaker early)",
+    "dualflow_channel_unmatched_replies_total": "no late reply is injected",
+    "dualflow_channel_reconnects_total": "the card link is re-established only if it drops and comes back",
+    "dualflow_ledger_commit_failures_total": "no group commit fails here",
+}
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(scope="module")
+def tools() -> tuple[str, str]:
+    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if not (prometheus and promtool):
+        reason = ("prometheus and promtool are not on PATH: install Debian's prometheus package "
+                  "(apt-get install --no-install-recommends prometheus; .ci/run does)")
+        if IN_CI:
+            pytest.fail(f"CI=true requires Prometheus: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return prometheus, promtool
+
+
+# ---------------------------------------------------------------------- promtool on the shipped files
+
+def test_promtool_checks_the_rules_the_config_and_the_rule_unit_tests(tools: tuple[str, str]) -> None:
+    _, promtool = tools
+    for args in (["check", "rules", str(ALERTS)], ["check", "config", str(PROMETHEUS_YML)],
+                 ["test", "rules", str(ALERTS_TEST)]):
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        assert "SUCCESS" in done.stdout, done.stdout
+
+
+# ---------------------------------------------------------------------- PromQL helpers
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expression) for every target of every panel, rows' inner panels included,
+    with the dashboard's variables filled in as Grafana would for all instances of the job."""
+    board = json.loads(DASHBOARD.read_text())
+
+    def walk(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for p in panels:
+            yield p
+            yield from walk(p.get("panels", []))
+
+    out = []
+    for panel in walk(board["panels"]):
+        for target in panel.get("targets", []):
+            expr = (target["expr"].replace("$__rate_interval", RATE_INTERVAL).replace("$job", "dualflow")
+                    .replace("$instance", ".*"))
+            assert "$" not in expr, f"{panel['title']}: a variable the test does not fill: {expr}"
+            out.append((panel["title"], expr))
+    return out
+
+
+
+def _top_level(expr: str) -> Iterator[tuple[int, str]]:
+    """(index, char) of the characters outside any (), {}, [] or string."""
+    depth, quote = 0, ""
+    for i, ch in enumerate(expr):
+        if quote:
+            if ch == quote and expr[i - 1] != "\\":
+                quote = ""
+            continue
+        if ch in "\"'`":
+            quote = ch
+        elif ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            depth -= 1
+        elif depth == 0:
+            yield i, ch
+
+
+def operands(expr: str) -> list[str]:
+    """The parts of a condition without their comparison: `a > 1 and b < 2` -> [a, b]. Label
+    matchers (`!=`, `=~`) sit inside braces, so any `=`, `!`, `<`, `>` at the top level starts
+    a comparison."""
+    text = " ".join(expr.split())
+    top = {i for i, _ in _top_level(text)}
+    parts, start = [], 0
+    for m in re.finditer(r" (and|or|unless) ", text):
+        if m.start() in top:
+            parts.append(text[start:m.start()])
+            start = m.end()
+    parts.append(text[start:])
+    out = []
+    for part in parts:
+        cut = next((i for i, ch in _top_level(part) if ch in "=!<>"), len(part))
+        out.append(part[:cut].strip())
+    return out
+
+
+def test_operands_of_a_condition() -> None:
+    # condition, its operands
+    for condition, expected in (
+        ('up{job="dualflow"} == 0', ['up{job="dualflow"}']),
+        ("time() - x > 120", ["time() - x"]),
+        ('max by (c) (abs(d{a!="b"})) > 0', ['max by (c) (abs(d{a!="b"}))']),
+        ("(a or 0 * b) / c < 0.9\nand sum by (ch) (increase(d[5m])) >= 10",
+         ["(a or 0 * b) / c", "sum by (ch) (increase(d[5m]))"]),
+        ('x{a=~"p|q"} >= bool 2', ['x{a=~"p|q"}']),
+    ):
+        assert operands(condition) == expected, condition
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(dualflow_[a-z0-9_]+)", expr))
+
+
+class PromAPI:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+        return body
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        body = self.get("/api/v1/query", query=expr)
+        assert body.get("status") == "success", f"query failed: {expr}\n{body}"
+        result: list[dict[str, Any]] = body["data"]["result"] if body["data"]["resultType"] == "vector" else \
+            [{"value": body["data"]["result"]}]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        body = self.get("/api/v1/alerts")
+        assert body["status"] == "success", body
+        return list(body["data"]["alerts"])
+
+    def alert_state(self, name: str, **labels: str) -> str:
+        for a in self.alerts():
+            if a["labels"].get("alertname") == name and all(a["labels"].get(k) == v for k, v in labels.items()):
+                return str(a["state"])
+        return "inactive"
+
+    def exposed(self, metric: str) -> bool:
+        """Prometheus read this metric family's HELP/TYPE from a target (samples or not). Scraped
+        as OpenMetrics, a counter's family is named without `_total`."""
+        for name in {metric, metric.removesuffix("_total")}:
+            body = self.get("/api/v1/targets/metadata", metric=name)
+            if body.get("status") == "success" and body["data"]:
+                return True
+        return False
+
+
+# ---------------------------------------------------------------------- processes
+
+class Prometheus:
+    def __init__(self, binary: str, folder: Path, config: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.config_path = folder / "prometheus.json"  # JSON is YAML
+        config.setdefault("scrape_configs", []).append(
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self.port}"]}]})
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.log_path = folder / "prometheus.log"
+        self.args = [binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={folder / 'tsdb'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api = PromAPI(f"http://127.0.0.1:{self.port}")
+
+    def start(self, timeout_s: float = 20) -> Prometheus:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.api.base}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"prometheus not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Receiver:
+    """Webhook receivers on loopback: /ok answers 204, /gone answers 410 (a dead letter at once)."""
+
+    def __init__(self) -> None:
+        received: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(self.path)
+                self.send_response(204 if self.path == "/ok" else 410)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and alive(int(entry.name)):
+            found.append(f"{entry.name}: {args}")
+    return found
+
+
+def write_config(folder: Path, sandbox: Sandbox) -> Path:
+    (folder / "routing.toml").write_text(ROUTING_TOML)
+    path = folder / "dualflow.toml"
+    path.write_text(f"""
+[routing]
+file = "{folder / 'routing.toml'}"
+seed = 8
+
+[vault]
+active = "k1"
+fingerprint_key = "{_key()}"
+[vault.keys]
+k1 = "{_key()}"
+
+[[merchants]]
+id = "shop"
+name = "Shop"
+currencies = ["CNY"]
+fee_bps = 100
+
+[[merchants]]
+id = "pinned"
+name = "Card-bank-only shop"
+currencies = ["CNY"]
+fee_bps = 100
+
+[[callers]]
+name = "ops"
+api_key_sha256 = "{hash_api_key(OPS_KEY)}"
+merchants = ["*"]
+permissions = ["admin"]
+
+[[callers]]
+name = "limited"
+api_key_sha256 = "{hash_api_key(LIMITED_KEY)}"
+merchants = ["shop"]
+permissions = ["payments.read"]
+rate_per_s = 0.5
+burst = 1
+
+{sandbox.channels_toml()}
+""")
+    return path
+
+
+def shortened_rules(folder: Path) -> tuple[Path, list[str]]:
+    """A copy of the real rules with every `for:` set to FOR_S seconds; the alert names."""
+    original = ALERTS.read_text().splitlines(keepends=True)
+    copy = [re.sub(r"^(\s+for:\s*)\S+(\s*)$", rf"\g<1>{FOR_S}s\g<2>", line) for line in original]
+    changed = [(a, b) for a, b in zip(original, copy) if a != b]
+    assert changed, "the rules have no `for:` to shorten"
+    assert all(re.match(r"^\s+for:\s*\S+\s*$", a) for a, _ in changed), "only `for:` lines may differ"
+    path = folder / "alerts.test.yml"
+    path.write_text("".join(copy))
+    names = re.findall(r"^\s*- alert:\s*(\S+)\s*$", ALERTS.read_text(), flags=re.M)
+    return path, names
+
+
+# ---------------------------------------------------------------------- traffic
+
+class Traffic:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.gateway = payments_pb2_grpc.PaymentGatewayStub(channel)
+        self.ledger = ledger_pb2_grpc.LedgerStub(channel)
+        self.md = (("authorization", f"Bearer {OPS_KEY}"),)
+        self.n = 0
+
+    def _id(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}-{self.n}"
+
+    async def pay(self, merchant: str, payer: str, payee: str, amount: int, asset: int,
+                  method: pb.PaymentMethod | None = None, request_id: str | None = None) -> pb.Payment:
+        request = pb.CreatePaymentRequest(request_id=request_id or self._id("r"), merchant_id=merchant, payer=payer,
+                                          payee=payee, amount=amount, currency="CNY", asset=asset, method=method)
+        return await self.gateway.CreatePayment(request, metadata=self.md, timeout=10)
+
+    async def settle(self, payment: pb.Payment, *statuses: int, timeout_s: float = 15) -> pb.Payment:
+        wanted = statuses or (pb.PAYMENT_STATUS_SUCCEEDED, pb.PAYMENT_STATUS_FAILED)
+        deadline = time.monotonic() + timeout_s
+        while payment.status not in wanted:
+            assert time.monotonic() < deadline, f"{payment.payment_id} stayed {pb.PaymentStatus.Name(payment.status)}"
+            await asyncio.sleep(0.05)
+            payment = await self.gateway.GetPayment(pb.GetPaymentRequest(payment_id=payment.payment_id),
+                                                    metadata=self.md, timeout=10)
+        return payment
+
+    async def card(self, merchant: str, token: str, amount: int, payer: str = "user:alice",
+                   payee: str = "user:alice") -> pb.Payment:
+        return await self.pay(merchant, payer, payee, amount, pb.ASSET_BANK_CARD, pb.PaymentMethod(card_token=token))
+
+    async def transfer(self, amount: int, user: str = "user:dave") -> pb.Payment:
+        account = pb.BankAccountRef(bank_code="ICBC", account_last4="6789", holder_name="Dave")
+        return await self.pay("shop", user, user, amount, pb.ASSET_BANK_TRANSFER,
+                              pb.PaymentMethod(bank_account=account))
+
+
+async def ordinary_day(t: Traffic, sandbox: Sandbox, token: str, receiver: Receiver, metrics_url: str) -> None:
+    md = t.md
+    for path in ("/ok", "/gone"):
+        await t.gateway.RegisterWebhook(pb.RegisterWebhookRequest(merchant_id="shop", url=receiver.url + path),
+                                        metadata=md, timeout=10)
+    # Card top-ups, both card channels (exploration), and the pinned merchant on the card bank.
+    topups = [await t.card("shop", token, 20_000 + i) for i in range(6)]
+    topups += [await t.card("pinned", token, 5_000 + i, payee="merchant:pinned") for i in range(3)]
+    settled = [await t.settle(p) for p in topups]
+    assert all(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in settled), settled
+    # Wallet and points: payments, one without funds, an idempotent replay, a refund.
+    wallet = [await t.pay("shop", "user:alice", "merchant:shop", 1_000 + i, pb.ASSET_WALLET) for i in range(4)]
+    assert all(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in wallet)
+    broke = await t.pay("shop", "user:bob", "merchant:shop", 99_999, pb.ASSET_WALLET)
+    assert broke.failure_reason == "INSUFFICIENT_FUNDS"
+    again = await t.pay("shop", "user:alice", "merchant:shop", 1_000, pb.ASSET_WALLET, request_id="r-replayed")
+    assert (await t.pay("shop", "user:alice", "merchant:shop", 1_000, pb.ASSET_WALLET,
+                        request_id="r-replayed")).payment_id == again.payment_id
+    await t.pay("shop", "merchant:shop", "user:alice", 500, pb.ASSET_POINTS)
+    await t.pay("shop", "user:alice", "merchant:shop", 200, pb.ASSET_POINTS)
+    await t.gateway.RefundPayment(pb.RefundPaymentRequest(request_id="f-1", payment_id=wallet[0].payment_id,
+                                                          amount=300), metadata=md, timeout=10)
+    for _ in range(2):
+        await t.gateway.GetBalance(pb.GetBalanceRequest(user_id="alice", asset=pb.ASSET_WALLET, currency="CNY"),
+                                   metadata=md, timeout=10)
+    # Card declines by the card bank (payer declines: the breaker does not count them).
+    sandbox.banks[CARD].set_profile(decline_rate=1.0)
+    declined = [await t.settle(await t.card("pinned", token, 777, payee="merchant:pinned")) for _ in range(2)]
+    assert all(p.status == pb.PAYMENT_STATUS_FAILED for p in declined), declined
+    sandbox.banks[CARD].set_profile(decline_rate=0.0)
+    # Bank transfers: accepted, then settled by the rail's callback. Then replies lost and every
+    # signature bad: UNKNOWN, callbacks refused, polls answered UNKNOWN; once the rail is sane
+    # again, a poll or a redelivered callback settles them.
+    sandbox.banks[RAIL].set_profile(pending_rate=1.0, settle_after_ms=200)
+    pending = [await t.transfer(30_000 + i) for i in range(3)]
+    assert all(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in [await t.settle(p) for p in pending])
+    sandbox.banks[RAIL].set_profile(pending_rate=0.0, lost_reply_rate=1.0, bad_signature_rate=1.0)
+    lost = [await t.transfer(40_000 + i) for i in range(2)]
+    lost = [await t.settle(p, pb.PAYMENT_STATUS_UNKNOWN) for p in lost]
+    deadline = time.monotonic() + 10
+    while not scrape_value(metrics_url, f'dualflow_channel_polls_total{{channel="{RAIL}",outcome="UNKNOWN"}}'):
+        assert time.monotonic() < deadline, "the UNKNOWN transfers were not polled"
+        await asyncio.sleep(0.1)
+    sandbox.banks[RAIL].set_profile(lost_reply_rate=0.0, bad_signature_rate=0.0)
+    assert all(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in [await t.settle(p) for p in lost])
+    # Refused calls: a rate-limited caller and an unknown key.
+    limited = (("authorization", f"Bearer {LIMITED_KEY}"),)
+    codes = []
+    for _ in range(3):
+        try:
+            await t.gateway.GetBalance(pb.GetBalanceRequest(user_id="alice", asset=pb.ASSET_WALLET, currency="CNY"),
+                                       metadata=limited, timeout=10)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as exc:
+            codes.append(exc.code())
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await t.gateway.GetPayment(pb.GetPaymentRequest(payment_id=again.payment_id),
+                                   metadata=(("authorization", "Bearer dfk_" + "x" * 24),), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def scrape_value(url: str, sample: str) -> float | None:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def outage_until_the_breaker_alert_fires(t: Traffic, sandbox: Sandbox, token: str, metrics_url: str,
+                                               api: PromAPI) -> dict[str, float]:
+    """The card bank refuses connections; the pinned merchant keeps paying by card. Answers the
+    seconds from the breaker opening (as the server's /metrics shows it) to pending and firing."""
+    state = f'dualflow_routing_breaker_state{{channel="{CARD}"}}'
+    assert scrape_value(metrics_url, state) == 0, "the card bank's breaker is closed before the outage"
+    assert api.alert_state("DualflowChannelBreakerOpen", channel=CARD) == "inactive"
+    sandbox.banks[CARD].set_profile(outage=True)
+    opened_at = None
+    for _ in range(12):
+        try:
+            await t.settle(await t.card("pinned", token, 900, payee="merchant:pinned"))
+        except grpc.aio.AioRpcError as exc:  # NO_CHANNEL once the breaker is open
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+        if scrape_value(metrics_url, state) == 2:
+            opened_at = time.monotonic()
+            break
+    assert opened_at is not None, "the card bank's breaker did not open"
+    seen: dict[str, float] = {}
+    deadline = opened_at + FOR_S + 20
+    while "firing" not in seen:
+        assert time.monotonic() < deadline, f"no firing breaker alert {FOR_S + 20}s after the breaker opened: {seen}"
+        # Card payments keep coming: the pinned merchant's are refused (NO_CHANNEL), the shop's
+        # go to the PSP.
+        for merchant, payee in (("pinned", "merchant:pinned"), ("shop", "user:alice")):
+            try:
+                await t.card(merchant, token, 1_100, payee=payee)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+        state_now = api.alert_state("DualflowChannelBreakerOpen", channel=CARD)
+        if state_now != "inactive":
+            seen.setdefault(state_now, time.monotonic() - opened_at)
+        await asyncio.sleep(0.25)
+    assert scrape_value(metrics_url, state) == 2, "still open when the alert fires"
+    return seen
+
+
+# ---------------------------------------------------------------------- the test
+
+@pytest.mark.timeout(180)
+async def test_dashboard_and_alerts_against_a_real_prometheus(
+        tools: tuple[str, str], tmp_path: Path, serve_processes: ServeFactory,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    prometheus_bin, _ = tools
+    started = time.monotonic()
+    job = re.search(r"^\s*- job_name:\s*(\S+)", PROMETHEUS_YML.read_text(), flags=re.M)
+    assert job is not None and job[1] == "dualflow", "the shipped scrape config's first job is dualflow"
+    pids: list[int] = []
+    sandbox = Sandbox(tmp_path / "sandbox")
+    receiver = Receiver()
+    prometheus: Prometheus | None = None
+    server: ServeProcess | None = None
+    try:
+        sandbox.start()
+        pids += [bank.proc.pid for bank in sandbox.banks.values() if bank.proc is not None]
+        monkeypatch.setenv("DUALFLOW_BALANCE_CHECK_INTERVAL_S", "1")
+        db = tmp_path / "ledger.db"
+        server = serve_processes(str(db), "--config", str(write_config(tmp_path, sandbox)), "--metrics-port", "0",
+                                 "--callback-port", str(sandbox.callback_port), "--grace", "2", name="serve")
+        pids.append(server.pid)
+        assert server.metrics_url is not None
+        metrics_url = server.metrics_url
+        target = urllib.parse.urlsplit(metrics_url).netloc
+        rules, alert_names = shortened_rules(tmp_path)
+        prometheus = Prometheus(prometheus_bin, tmp_path, {
+            "global": {"scrape_interval": f"{STEP_S}s", "scrape_timeout": f"{STEP_S}s",
+                       "evaluation_interval": f"{STEP_S}s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [{"job_name": "dualflow", "metrics_path": "/metrics",
+                                "static_configs": [{"targets": [target]}]}],
+        }).start()
+        assert prometheus.proc is not None
+        pids.append(prometheus.proc.pid)
+        api = prometheus.api
+
+        # The real rules are loaded, all of them, with the shortened `for`.
+        groups = api.get("/api/v1/rules")["data"]["groups"]
+        loaded = {r["name"]: r for g in groups for r in g["rules"] if r["type"] == "alerting"}
+        assert sorted(loaded) == sorted(alert_names)
+        assert all(r["duration"] in (0, FOR_S) for r in loaded.values())
+
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            t = Traffic(channel)
+            token = (await t.gateway.TokenizeCard(pb.TokenizeCardRequest(card_number=VISA, exp_month=12,
+                                                                          exp_year=2031), metadata=t.md)).token
+            await ordinary_day(t, sandbox, token, receiver, metrics_url)
+            traffic_s = time.monotonic() - started
+
+            # Every target is up (the platform and Prometheus itself).
+            deadline = time.monotonic() + 10
+            while True:
+                targets = api.get("/api/v1/targets")["data"]["activeTargets"]
+                if len(targets) == 2 and all(tg["health"] == "up" for tg in targets):
+                    break
+                assert time.monotonic() < deadline, f"targets not all up: {targets}"
+                time.sleep(0.2)
+            assert {tg["labels"]["job"] for tg in targets} == {"dualflow", "prometheus"}
+
+            # A bank goes down: the breaker alert goes pending, then fires FOR_S later.
+            breaker = await outage_until_the_breaker_alert_fires(t, sandbox, token, metrics_url, api)
+            assert "pending" in breaker, f"the alert fired without a pending phase: {breaker}"
+            # From the breaker opening: the next scrape (<= 1 step) and evaluation (<= 1 step) make
+            # it pending, FOR_S later it fires; a little slack for this loop's own pace.
+            assert FOR_S - STEP_S <= breaker["firing"] <= FOR_S + 3 * STEP_S + 2.5, breaker
+
+            # The books changed around the writer: the trial balance alert pages within seconds.
+            account = ledger_pb2.Account(id=990_001, currency="USD", code=ledger_pb2.ACCOUNT_CODE_FEE)
+            await t.ledger.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[account]), metadata=t.md)
+        assert api.alert_state("DualflowTrialBalanceBroken", currency="USD") == "inactive"
+        with sqlite3.connect(db, timeout=10) as conn:
+            conn.execute("UPDATE accounts SET debits_posted = debits_posted + 7 WHERE id = ?", (990_001,))
+        tampered = time.monotonic()
+        while api.alert_state("DualflowTrialBalanceBroken", currency="USD", balance="posted") != "firing":
+            assert time.monotonic() - tampered < 10, "the trial balance alert did not fire"
+            time.sleep(0.2)
+        trial_s = time.monotonic() - tampered
+        assert api.query('dualflow_ledger_trial_balance_difference{currency="USD", balance="posted"}')[0]["value"][1] \
+            == "7"
+
+        # Dead letters reached Prometheus (the /gone receiver answered 410).
+        assert "/gone" in receiver.received and "/ok" in receiver.received
+        assert api.alert_state("DualflowWebhooksDeadLettered") == "firing"
+
+        # Every expression parses and evaluates; dashboard queries and alert operands have data.
+        empty: list[str] = []
+        excused_empty: set[str] = set()
+        checked = 0
+        queries = dashboard_queries()
+        for name, rule in sorted(loaded.items()):
+            api.query(rule["query"])  # the whole condition evaluates
+            queries += [(f"alert {name}", operand) for operand in operands(rule["query"])]
+        for title, expr in queries:
+            checked += 1
+            if api.query(expr):
+                continue
+            metrics = metric_names(expr)
+            excused = metrics & set(MAY_BE_EMPTY)
+            if not excused:
+                empty.append(f"{title}: {expr}")
+                continue
+            for metric in excused:
+                assert api.exposed(metric), f"{metric} is not exposed by the target ({title})"
+            excused_empty |= excused
+        assert not empty, "queries without data:\n" + "\n".join(empty)
+        assert checked >= 80
+        print(f"\nprometheus test: traffic {traffic_s:.1f}s, breaker alert {breaker}, trial balance alert "
+              f"{trial_s:.1f}s after the change, {checked} queries checked, empty but exposed: {sorted(excused_empty)}, "
+              f"total {time.monotonic() - started:.1f}s")
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        if server is not None and server.running():
+            server.signal(signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        serve_processes.close_all()
+        sandbox.stop()
+        receiver.stop()
+    assert server is not None and "dualflow stopped" in server.lines, server.diagnostics()
+    assert [pid for pid in pids if alive(pid)] == [], "processes left behind"
+    assert processes_mentioning(str(tmp_path)) == [], "a process still names the test's folder"
