@@ -108,6 +108,7 @@ class ClearingService:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pools = frozenset(settings.pools)
+        self._gauges: dict[tuple[str, str], tuple[Any, ...]] = {}  # label children, resolved once
         self._currencies = frozenset(settings.currencies)
 
     # ---------------------------------------------------------------- lifecycle
@@ -272,12 +273,18 @@ class ClearingService:
             now = self.clock_ns()
             closing.closed_at_ns = now
             center.current.opened_at_ns = now
+            if not closing.instructions:  # nothing to move: settled at once, executor or not
+                center.begin_settlement(closing.window_id)
+                center.finish(closing.window_id)
+                closing.finished_at_ns = now
             return closing, [closing, center.current], (), ()
 
         closed = await self._change(change)
         if closed is None:
             return await self.window(wanted)
         metrics.WINDOWS.labels("closed").inc()
+        if closed.state.final:
+            self._finished(closed)
         self._export_positions(None)
         self._kick.set()
         return closed
@@ -380,17 +387,25 @@ class ClearingService:
             if moved is not None:
                 metrics.SETTLEMENT_TRANSFERS.labels(moved.value).inc()
 
-        await asyncio.gather(*(send(i) for i in todo))
+        results = await asyncio.gather(*(send(i) for i in todo), return_exceptions=True)
+        for failure in results:
+            if isinstance(failure, BaseException):
+                raise failure  # the next pass sends again whatever this one could not record
         window = self.center.window(window_id)
         if all(i.state.final for i in window.instructions) and \
                 not any(self._should_retry(window, i) for i in window.instructions):
             finished = await self._change(lambda: self._finish(window_id))
-            metrics.WINDOWS.labels(finished.state.value).inc()
             metrics.SETTLEMENT_TRANSFERS.labels("carried").inc(len(finished.failed_instruction_ids))
             metrics.OBLIGATIONS.labels("carried").inc(len(finished.failed_instruction_ids))
-            self.center.evict(window_id)
-            self.store.forget(window_id)
-            self._export_positions(None)
+            self._finished(finished)
+
+    def _finished(self, window: SettlementWindow) -> None:
+        """A finished window is stored: it leaves memory (its ids are answered from the store)."""
+        metrics.WINDOWS.labels(window.state.value).inc()
+        if window.window_id in self.center.windows:  # not if a rebuild came between
+            self.center.evict(window.window_id)
+        self.store.forget(window.window_id)
+        self._export_positions(None)
 
     def _should_retry(self, window: SettlementWindow, inst: SettlementInstruction) -> bool:
         if inst.state is not InstructionState.FAILED or inst.retried_by is not None or inst.carried_as is not None:
@@ -561,11 +576,19 @@ class ClearingService:
         for o in window.queued:
             queued[(o.debtor_pool, o.currency)] = queued.get((o.debtor_pool, o.currency), 0) + o.amount_minor
         book = window.book
-        for pool, currency in keys:
-            if pool not in self._pools:
-                continue
-            p = book.position(pool, currency)
-            metrics.OPEN_GROSS.labels(pool, currency, "owes").set(p.debits_minor)
-            metrics.OPEN_GROSS.labels(pool, currency, "owed").set(p.credits_minor)
-            metrics.OPEN_NET.labels(pool, currency).set(p.net_minor)
-            metrics.OPEN_QUEUED.labels(pool, currency).set(queued.get((pool, currency), 0))
+        for key in keys:
+            gauges = self._gauges.get(key)
+            if gauges is None:
+                if key[0] not in self._pools:
+                    continue
+                pool, currency = key
+                gauges = self._gauges[key] = (
+                    metrics.OPEN_GROSS.labels(pool, currency, "owes"),
+                    metrics.OPEN_GROSS.labels(pool, currency, "owed"),
+                    metrics.OPEN_NET.labels(pool, currency), metrics.OPEN_QUEUED.labels(pool, currency))
+            p = book.position(*key)
+            owes, owed, net_position, waiting = gauges
+            owes.set(p.debits_minor)
+            owed.set(p.credits_minor)
+            net_position.set(p.net_minor)
+            waiting.set(queued.get(key, 0))

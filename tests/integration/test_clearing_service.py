@@ -312,3 +312,72 @@ async def test_pool_invariant_wallets_merchants_and_own_funds_against_pools_and_
         assert (cny.difference_minor, cny.unclassified_minor) == (-7, 7)
         with pytest.raises(InvalidRequest):
             await service.pool_report("EUR")
+
+
+async def test_the_clock_closes_windows_at_cut_off_and_an_empty_window_is_settled_at_once(db_url: str) -> None:
+    now = [10 * 3600 * 10**9 + 5]  # 10:00 UTC and a little
+
+    settings = ClearingSettings(**{**_fields(SETTINGS), "window_s": 3600, "cutoff_offset_s": 1800})
+    ledger = LedgerService(store_from_url(db_url), expiry_interval_s=0)
+    await ledger.start()
+    service = ClearingService(ledger, settings, clock_ns=lambda: now[0], tick_s=0.005)
+    try:
+        await service.start()
+        assert service.next_cutoff_ns() == (10 * 3600 + 1800) * 10**9
+        await service.record("o1", "bank-a", "bank-b", 5, "CNY")
+        await asyncio.sleep(0.03)
+        assert service.center.current.window_id == "W000001", "not before the cut-off"
+        now[0] = (10 * 3600 + 1800) * 10**9  # 10:30: the cut-off
+        for _ in range(200):
+            if service.center.current.window_id != "W000001":
+                break
+            await asyncio.sleep(0.005)
+        closed = await service.window("W000001")
+        assert (closed.state, closed.closed_at_ns) == (WindowState.CLOSED, now[0]), "no executor: it waits"
+        assert service.next_cutoff_ns() == (11 * 3600 + 1800) * 10**9
+        now[0] = (11 * 3600 + 1800) * 10**9
+        for _ in range(200):
+            if service.center.current.window_id == "W000003":
+                break
+            await asyncio.sleep(0.005)
+        empty = await service.window("W000002")
+        assert empty.state is WindowState.SETTLED and empty.instructions == [], "nothing to move"
+        assert "W000002" not in service.center.windows
+    finally:
+        await service.stop()
+        await ledger.stop()
+
+
+async def test_an_executor_that_raises_counts_as_unknown_and_is_asked_again(db_url: str) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    calls = []
+
+    class Flaky:
+        async def send(self, order: SettlementOrder) -> ChannelAnswer:
+            calls.append(order.attempt)
+            if len(calls) == 1:
+                raise ConnectionResetError("reply lost")
+            return OK
+
+    before = {k: sample("dualflow_clearing_settlement_transfers_total", outcome=k) for k in ("unknown", "succeeded")}
+    refused_before = sample("dualflow_clearing_obligations_total", result="refused")
+    async with clearing(db_url, ClearingSettings(**{**_fields(SETTINGS), "caps": NetDebitCaps(default_minor=9)}),
+                        Flaky()) as service:
+        await service.record("o1", "bank-a", "bank-b", 9, "CNY")
+        with pytest.raises(NetDebitCapExceeded):
+            await service.record("o2", "bank-a", "bank-b", 1, "CNY")
+        assert sample("dualflow_clearing_open_window_net_minor", pool="bank-a", currency="CNY") == -9
+        assert sample("dualflow_clearing_obligations_total", result="refused") == refused_before + 1
+        await service.close_window()
+        await service.drive()
+        (inst,) = service.center.window("W000001").instructions
+        assert (inst.state, inst.reason) == (U, "EXECUTOR_ERROR")
+        await service.drive()
+        assert (await service.window("W000001")).state is WindowState.SETTLED and calls == [1, 2]
+        assert sample("dualflow_clearing_open_window_net_minor", pool="bank-a", currency="CNY") == 0
+    assert sample("dualflow_clearing_settlement_transfers_total", outcome="unknown") == before["unknown"] + 1
+    assert sample("dualflow_clearing_settlement_transfers_total", outcome="succeeded") == before["succeeded"] + 1
