@@ -151,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     from dualflow.bench import ledger as ledger_bench
     from dualflow.bench import payments as payments_bench
     from dualflow.bench import reconcile as reconcile_bench
+    from dualflow.bench import routing as routing_bench
 
     ledger_bench.add_parser(areas)
     payments_bench.add_parser(areas)
     channels_bench.add_parser(areas)
     reconcile_bench.add_parser(areas)
+    routing_bench.add_parser(areas)
     clearing_bench.add_parser(areas)
     bench.set_defaults(run=_bench)
     return parser
