@@ -121,7 +121,7 @@ class ClearingService:
             self._tasks.append(asyncio.create_task(self._watch_cutoff(), name="clearing-cutoff"))
         if self.executor is not None and self.settings.settle_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._settle_forever(), name="clearing-settlement"))
-        if self.settings.invariant_interval_s > 0:
+        if self.settings.invariant_interval_s > 0 and self.settings.currencies:
             self._tasks.append(asyncio.create_task(self._check_pools_forever(), name="clearing-invariant"))
 
     async def stop(self) -> None:
@@ -312,8 +312,10 @@ class ClearingService:
             raise InvalidRequest(f"page_size must be 0 .. {PAGE_SIZE_MAX}", reason="PAGE_SIZE_INVALID",
                                  violations=(FieldViolation("page_size", f"must be 0 .. {PAGE_SIZE_MAX}"),))
         await self._settled()
-        return await self.store.instructions(window_id="" if window_id == CURRENT else window_id, states=states,
-                                             page_size=page_size, page_token=page_token)
+        if window_id == CURRENT:
+            window_id = self.center.current.window_id
+        return await self.store.instructions(window_id=window_id, states=states, page_size=page_size,
+                                             page_token=page_token)
 
     # ---------------------------------------------------------------- pools
 
