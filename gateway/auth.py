@@ -51,17 +51,21 @@ ROUTING_READ: Final = "routing.read"  # routing configuration and channel health
 ROUTING_MANAGE: Final = "routing.manage"  # replace the configuration, disable channels, force breakers
 CLEARING_READ: Final = "clearing.read"  # positions, windows, settlements, pool balances
 CLEARING_MANAGE: Final = "clearing.manage"  # record obligations, close windows
+RECONCILIATION_READ: Final = "reconciliation.read"  # runs, discrepancies and their history
+RECONCILIATION_MANAGE: Final = "reconciliation.manage"  # run reconciliation, assign and resolve discrepancies
 ADMIN: Final = "admin"  # every permission above
 
 PERMISSIONS: Final[frozenset[str]] = frozenset({
     LEDGER_READ, LEDGER_WRITE, PAYMENTS_READ, PAYMENTS_WRITE, CARDS_TOKENIZE, EVENTS_READ,
-    WEBHOOKS_MANAGE, ROUTING_READ, ROUTING_MANAGE, CLEARING_READ, CLEARING_MANAGE, ADMIN,
+    WEBHOOKS_MANAGE, ROUTING_READ, ROUTING_MANAGE, CLEARING_READ, CLEARING_MANAGE, RECONCILIATION_READ,
+    RECONCILIATION_MANAGE, ADMIN,
 })
 
 _LEDGER = "/dualflow.v1.Ledger/"
 _PAYMENTS = "/dualflow.v1.PaymentGateway/"
 _ROUTING = "/dualflow.v1.RoutingAdmin/"
 _CLEARING = "/dualflow.v1.Clearing/"
+_RECONCILIATION = "/dualflow.v1.Reconciliation/"
 
 # Full gRPC method name -> the one permission it needs. A unit test walks every
 # service in the generated dualflow.v1 descriptors and fails on a method missing
@@ -98,6 +102,13 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType({
     _CLEARING + "GetWindow": CLEARING_READ,
     _CLEARING + "ListSettlements": CLEARING_READ,
     _CLEARING + "GetPoolBalances": CLEARING_READ,
+    _RECONCILIATION + "RunReconciliation": RECONCILIATION_MANAGE,
+    _RECONCILIATION + "AssignDiscrepancy": RECONCILIATION_MANAGE,
+    _RECONCILIATION + "ResolveDiscrepancy": RECONCILIATION_MANAGE,
+    _RECONCILIATION + "GetRun": RECONCILIATION_READ,
+    _RECONCILIATION + "ListRuns": RECONCILIATION_READ,
+    _RECONCILIATION + "ListDiscrepancies": RECONCILIATION_READ,
+    _RECONCILIATION + "GetDiscrepancyHistory": RECONCILIATION_READ,
 })
 
 # Services anyone may call without credentials: load balancers probe health and

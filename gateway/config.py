@@ -28,6 +28,7 @@ from dualflow.clearing.caps import CapPolicy, NetDebitCaps
 from dualflow.clearing.settings import POOL_NAME, ClearingSettings
 from dualflow.core.errors import NotFound
 from dualflow.core.money import is_currency
+from dualflow.reconciliation.scheduler import ScheduleSettings
 
 from .auth import ALL_MERCHANTS, PERMISSIONS, hash_api_key
 
@@ -119,6 +120,7 @@ class PlatformConfig:
     channels: tuple[ChannelConfig, ...] = ()
     routing: RoutingSettings = RoutingSettings()
     clearing: ClearingSettings = ClearingSettings()
+    reconciliation: ScheduleSettings = ScheduleSettings()
     _merchants_by_id: Mapping[str, MerchantConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,7 +168,7 @@ def load_config(path: str | Path) -> PlatformConfig:
 def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     """Validate an already-parsed TOML document (what load_config does after reading the file)."""
     _known_keys(data, "", {"vault", "merchants", "callers", "payments", "webhooks", "channels", "routing",
-                           "clearing"})
+                           "clearing", "reconciliation"})
     vault = _vault(data["vault"], "vault") if "vault" in data else None
     merchants = tuple(_merchant(m, f"merchants[{i}]") for i, m in enumerate(_array(data, "merchants", "")))
     seen: dict[str, int] = {}
@@ -186,7 +188,34 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
                           channels=channels, routing=_routing(data.get("routing", {}), "routing"),
                           clearing=_clearing(data["clearing"], "clearing") if "clearing" in data
-                          else ClearingSettings())
+                          else ClearingSettings(),
+                          reconciliation=_reconciliation(data.get("reconciliation", {}), "reconciliation"))
+
+
+_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def _reconciliation(value: Any, at: str) -> ScheduleSettings:
+    """The daily reconciliation: on or off, when the channels' statements are out, the SLA."""
+    table = _table(value, at)
+    _known_keys(table, at, {"enabled", "time_utc", "sla_s", "catch_up_days", "retry_s", "tick_s"})
+    defaults = ScheduleSettings()
+    enabled = table.get("enabled", defaults.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{at}.enabled", f"must be true or false, not {_kind(enabled)}")
+    time_utc_s = defaults.time_utc_s
+    if "time_utc" in table:
+        m = _TIME_OF_DAY.fullmatch(_string(table["time_utc"], f"{at}.time_utc"))
+        if m is None:
+            raise ConfigError(f"{at}.time_utc", "must be HH:MM (UTC, 00:00 to 23:59)")
+        time_utc_s = int(m[1]) * 3600 + int(m[2]) * 60
+    sla_s = _non_negative(table.get("sla_s", defaults.sla_s), f"{at}.sla_s")
+    days = _integer(table.get("catch_up_days", defaults.catch_up_days), f"{at}.catch_up_days")
+    if not 1 <= days <= 31:
+        raise ConfigError(f"{at}.catch_up_days", f"{days} is not 1..31")
+    return ScheduleSettings(enabled=enabled, time_utc_s=time_utc_s, sla_s=sla_s, catch_up_days=days,
+                            retry_s=_seconds(table.get("retry_s", defaults.retry_s), f"{at}.retry_s", zero_ok=False),
+                            tick_s=_seconds(table.get("tick_s", defaults.tick_s), f"{at}.tick_s", zero_ok=False))
 
 
 def _clearing(value: Any, at: str) -> ClearingSettings:

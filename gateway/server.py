@@ -29,13 +29,17 @@ from dualflow.core.ledger.service import LedgerService
 from dualflow.core.payments.dispatch import ChannelAnswer, ChannelDispatcher
 from dualflow.core.payments.model import Asset, Merchant, PaymentStatus
 from dualflow.core.payments.records import PAYMENT_SCHEMA, payment_from_body
+from dualflow.core.payments.resolution import ChannelFees, StatementResolver
 from dualflow.core.payments.service import PaymentService
 from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
 from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
+from dualflow.reconciliation.ours import router_fee_model
+from dualflow.reconciliation.scheduler import DailyReconciliation
+from dualflow.reconciliation.service import ReconciliationService
 from dualflow.routing.control import RoutingControl
 from dualflow.routing.policy import DAY_S
 from dualflow.v1 import clearing_pb2, clearing_pb2_grpc, ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, \
-    routing_pb2, routing_pb2_grpc
+    reconciliation_pb2, reconciliation_pb2_grpc, routing_pb2, routing_pb2_grpc
 
 from .auth import AccessControl, server_credentials
 from .clearing_servicer import ClearingServicer
@@ -43,6 +47,7 @@ from .config import PlatformConfig, load_config
 from .interceptors import ServerInterceptor
 from .ledger_servicer import LedgerServicer
 from .payment_servicer import PaymentGatewayServicer
+from .reconciliation_servicer import ReconciliationServicer
 from .routing_servicer import RoutingAdminServicer
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ SERVICE_NAMES = (
     payments_pb2.DESCRIPTOR.services_by_name["PaymentGateway"].full_name,
     routing_pb2.DESCRIPTOR.services_by_name["RoutingAdmin"].full_name,
     clearing_pb2.DESCRIPTOR.services_by_name["Clearing"].full_name,
+    reconciliation_pb2.DESCRIPTOR.services_by_name["Reconciliation"].full_name,
 )
 
 
@@ -86,6 +92,7 @@ def create_server(ledger: LedgerService, address: str, *,
                   payments: PaymentGatewayServicer | None = None,
                   routing: RoutingAdminServicer | None = None,
                   clearing: ClearingServicer | None = None,
+                  reconciliation: ReconciliationServicer | None = None,
                   credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every dualflow service registered, bound to `address` (port 0 = any)."""
     server = grpc.aio.server(
@@ -103,6 +110,8 @@ def create_server(ledger: LedgerService, address: str, *,
         routing_pb2_grpc.add_RoutingAdminServicer_to_server(routing, server)
     if clearing is not None:
         clearing_pb2_grpc.add_ClearingServicer_to_server(clearing, server)
+    if reconciliation is not None:
+        reconciliation_pb2_grpc.add_ReconciliationServicer_to_server(reconciliation, server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -156,6 +165,14 @@ class Platform:
         self.balance_check = BalanceCheck(self.ledger)
         # The clearing center; `settlement` executes its transfers (without one, closed windows wait).
         self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
+        # Reconciliation: each channel's statement against our payments (on request, and daily
+        # when [reconciliation] enables it); what a statement proves moves through the payments.
+        gateway = self.gateway
+        self.reconciliation = ReconciliationService(
+            self.ledger, gateway.adapters if gateway is not None else {}, resolver=StatementResolver(self.payments),
+            fees=ChannelFees(self.ledger), sla_ns=self.settings.reconciliation.sla_s * 10**9,
+            fee_for=(lambda channel: router_fee_model(gateway.router, channel)) if gateway is not None else None)
+        self.daily_reconciliation = DailyReconciliation(self.reconciliation, self.settings.reconciliation)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -183,6 +200,7 @@ class Platform:
         await self.webhook_dispatcher.start()
         await self.balance_check.start()
         await self.clearing.start()
+        await self.reconciliation.start()
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
         cfg = self.config
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) \
@@ -191,11 +209,13 @@ class Platform:
                                                 health_servicer=self._health, payments=servicer,
                                                 routing=RoutingAdminServicer(self.routing),
                                                 clearing=ClearingServicer(self.clearing),
+                                                reconciliation=ReconciliationServicer(self.reconciliation),
                                                 credentials=credentials)
         await self.server.start()
         # After self.server is set: the watch runs while it is (an await above, such as the
         # clearing start-up, would otherwise let it see None and end at once).
         self._lag_watch = asyncio.create_task(self._watch_outbox_lag(), name="outbox-lag")
+        await self.daily_reconciliation.start()
         if self.config.metrics_port is not None:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
             self._metrics_http = http
@@ -273,6 +293,7 @@ class Platform:
             self._lag_watch.cancel()
             await asyncio.gather(self._lag_watch, return_exceptions=True)
             self._lag_watch = None
+        await self.daily_reconciliation.stop()  # a day it did not finish is run again at the next start
         await self.balance_check.stop()
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
         await self.clearing.stop()  # a settlement in flight resumes at the next start

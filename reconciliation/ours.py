@@ -192,3 +192,17 @@ def fee_model(fees: Mapping[str, Any]) -> Any:
         schedule = fees.get(currency)
         return schedule.fee_for(amount) if kind == "pay" and schedule is not None else None
     return fee_for
+
+
+def router_fee_model(router: Any, channel: str) -> Any:
+    """Our fee model as the router has it (routing/policy.py Router: the adapter's fee schedules
+    with the operator's per-channel overrides, `Router.fee`), as the engine's `fee_for`; a
+    currency with no schedule on either side, and kinds other than pay, are not checked."""
+    def fee_for(kind: str, currency: str, amount: int) -> int | None:
+        caps = router.capabilities.get(channel)
+        if kind != "pay" or caps is None:
+            return None
+        if currency not in caps.fees and currency not in (router.config.rule(channel).fees or {}):
+            return None
+        return int(router.fee(channel, currency, amount))
+    return fee_for

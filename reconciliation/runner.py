@@ -11,20 +11,28 @@ still EXPECTED from earlier days; classify everything (engine.reconcile); store 
 class, open or touch discrepancies, note EXPECTED items to carry; then hand each automatic
 action to the Resolver and record whether it was applied. The engine itself never changes a
 payment.
+
+Fees: every line with a fee is noted as the statement streams past (spooled to disk, so memory
+stays flat) and, once the run has completed, handed to the `FeePoster` (the payment side's
+`ChannelFees`: the channel's fee expense against its receivable, idempotent per line); a
+rejected statement posts nothing. The expected fee the engine compares each line with is the
+adapter's fee schedule, or the `fee_for` a caller passes (the router's, with the operator's
+overrides).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
-from dualflow.adapters.contract import ChannelAdapter, StatementRejected
+from dualflow.adapters.contract import ChannelAdapter, StatementLine, StatementRejected
 from dualflow.core.database import Database
 
-from .engine import Tally, reconcile
-from .model import Action, Instruction, Policy, Result
+from . import metrics
+from .engine import Partitioned, Tally, reconcile
+from .model import Action, FeeFor, Instruction, Policy, Result
 from .ours import day_bounds_ns, fee_model, lookup_instructions, read_instructions
 from .store import ReconciliationStore, Run
 
@@ -45,20 +53,61 @@ class Resolver(Protocol):
     async def resolve(self, run_id: str, object_id: str, kind: str, action: Action, result: Result) -> bool: ...
 
 
+class FeeItem(NamedTuple):
+    """A statement line's fee, as the FeePoster needs it."""
+
+    instruction_id: str
+    channel_reference: str
+    kind: str
+    currency: str
+    fee: int
+
+
+class FeePoster(Protocol):
+    """What posts a statement's fees to the ledger (core/payments/resolution.py ChannelFees):
+    idempotent per line; answers an object with `posted: {currency: transfers posted now}`."""
+
+    async def post(self, channel: str, lines: Iterable[FeeItem]) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunReport:
     run: Run
     counts: dict[str, dict[str, int]]
     applied: int  # automatic resolutions the Resolver applied
     refused: int  # ... it declined (moved meanwhile)
+    fees: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # currency: (lines, fee total, posted now)
+    replayed: bool = False  # answered from an earlier completed run; nothing ran now
+
+
+class _FeeTap:
+    """Notes the fee of every line streaming past, on disk (flat memory), with totals per currency."""
+
+    def __init__(self) -> None:
+        self.spool = Partitioned(1)
+        self.totals: dict[str, list[int]] = {}
+
+    async def lines(self, source: AsyncIterable[StatementLine]) -> AsyncIterator[StatementLine]:
+        async for line in source:
+            if line.fee > 0:
+                self.spool.add("", (line.instruction_id, line.channel_reference, line.kind, line.currency, line.fee))
+                total = self.totals.setdefault(line.currency, [0, 0])
+                total[0] += 1
+                total[1] += line.fee
+            yield line
+
+    def items(self) -> Iterator[FeeItem]:
+        for row in self.spool.items(0):
+            yield FeeItem._make(row)
 
 
 class Reconciler:
-    def __init__(self, db: Database, *, resolver: Resolver | None = None, sla_ns: int = DAY_NS,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, db: Database, *, resolver: Resolver | None = None, fees: FeePoster | None = None,
+                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.db = db
         self.store = ReconciliationStore(db, clock_ns)
         self.resolver = resolver
+        self.fees = fees
         self.sla_ns = sla_ns
         self.clock_ns = clock_ns
 
@@ -66,17 +115,37 @@ class Reconciler:
         await self.store.open()
 
     async def run(self, adapter: ChannelAdapter, business_date: str, *, cutoff_ns: int | None = None,
-                  on_progress: Callable[[int], Any] | None = None) -> RunReport:
+                  on_progress: Callable[[int], Any] | None = None, fee_for: FeeFor | None = None) -> RunReport:
+        started = time.perf_counter()
+        channel = adapter.name
+        try:
+            report = await self._run(adapter, business_date, cutoff_ns, on_progress, fee_for)
+        except Exception:
+            metrics.RUNS.labels(channel, "failed").inc()
+            raise
+        finally:
+            metrics.RUN_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        metrics.RUNS.labels(channel, report.run.state).inc()
+        for cls, n in report.counts.items():
+            if n["lines"]:
+                metrics.LINES.labels(channel, cls).inc(n["lines"])
+            if n["instructions"]:
+                metrics.INSTRUCTIONS.labels(channel, cls).inc(n["instructions"])
+        return report
+
+    async def _run(self, adapter: ChannelAdapter, business_date: str, cutoff_ns: int | None,
+                   on_progress: Callable[[int], Any] | None, fee_for: FeeFor | None) -> RunReport:
         channel = adapter.name
         run = await self.store.start_run(channel, business_date)
         _start, end = day_bounds_ns(business_date)
         policy = Policy(cutoff_ns=end if cutoff_ns is None else cutoff_ns, now_ns=self.clock_ns(), sla_ns=self.sla_ns,
-                        fee_for=fee_model(adapter.describe().fees))
+                        fee_for=fee_for if fee_for is not None else fee_model(adapter.describe().fees))
         tally = Tally()
         automatic: list[Result] = []
         pending: list[Result] = []
+        tap = _FeeTap()
         try:
-            async for r in reconcile(adapter.fetch_statement(business_date),
+            async for r in reconcile(tap.lines(adapter.fetch_statement(business_date)),
                                      self._ours(channel, business_date), policy,
                                      lookup=lambda ids: lookup_instructions(self.db, channel, ids), tally=tally,
                                      emit_matched=False):
@@ -90,22 +159,46 @@ class Reconciler:
                     on_progress(1)
             await self.store.record(run, pending, policy)
         except StatementRejected as exc:
+            tap.spool.close()
             done = await self.store.finish_run(run, "rejected", error_reason=exc.reason, error_line=exc.line_number,
                                                detail=str(exc))
             return RunReport(done, {}, 0, 0)
-        except Exception as exc:
+        except BaseException as exc:
+            tap.spool.close()
             await self.store.finish_run(run, "failed", detail=f"{exc.__class__.__name__}: {exc}")
             raise
+        # Fees and resolutions before the run counts as completed: a run that stops on the way
+        # (an error, a crash) is run again, and both are idempotent.
+        applied = refused = 0
+        try:
+            fees = await self._post_fees(run, tap)
+            if self.resolver is not None:
+                for r in automatic:
+                    assert r.instruction is not None
+                    ok = await self.resolver.resolve(run.run_id, r.instruction.object_id, r.instruction.kind,
+                                                     r.action, r)
+                    await self.store.action_done(run.run_id, r.instruction.object_id, "applied" if ok else "refused")
+                    applied, refused = applied + ok, refused + (not ok)
+                    metrics.AUTO_RESOLUTIONS.labels(channel, r.action.value, "applied" if ok else "refused").inc()
+        except BaseException as exc:
+            await self.store.finish_run(run, "failed", detail=f"{exc.__class__.__name__}: {exc}")
+            raise
+        finally:
+            tap.spool.close()
         done = await self.store.finish_run(run, "completed", tally, lines=sum(tally.lines.values()),
                                            instructions=sum(tally.instructions.values()))
-        applied = refused = 0
-        if self.resolver is not None:
-            for r in automatic:
-                assert r.instruction is not None
-                ok = await self.resolver.resolve(done.run_id, r.instruction.object_id, r.instruction.kind, r.action, r)
-                await self.store.action_done(done.run_id, r.instruction.object_id, "applied" if ok else "refused")
-                applied, refused = applied + ok, refused + (not ok)
-        return RunReport(done, await self.store.counts(done.run_id), applied, refused)
+        return RunReport(done, await self.store.counts(done.run_id), applied, refused, fees)
+
+    async def _post_fees(self, run: Run, tap: _FeeTap) -> dict[str, tuple[int, int, int]]:
+        posted: Mapping[str, int] = {}
+        if self.fees is not None and tap.totals:
+            outcome = await self.fees.post(run.channel, tap.items())
+            posted = outcome.posted
+            for currency, n in posted.items():
+                metrics.FEES_POSTED.labels(run.channel, currency).inc(n)
+        fees = {c: (n, amount, int(posted.get(c, 0))) for c, (n, amount) in tap.totals.items()}
+        await self.store.record_fees(run.run_id, fees)
+        return fees
 
     async def _ours(self, channel: str, business_date: str) -> AsyncIterator[Instruction]:
         async for ins in read_instructions(self.db, channel, business_date):

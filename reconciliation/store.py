@@ -16,6 +16,7 @@ transaction each); no row counts come back, so conditional updates are read back
 - `recon_actions`: the automatic resolutions a run proposed, and what became of them
   (proposed -> applied | refused), for "resolved by reconciliation <run id>".
 - `recon_expected`: instructions a run found EXPECTED, carried to later runs of the channel.
+- `recon_fees`: per run and currency, the statement's fees and how many were posted now.
 
 Errors (core.errors types, so the servicer maps them without a table of its own):
 
@@ -104,6 +105,17 @@ RECON_SCHEMA: Final[list[str]] = [
         updated_at_ns BIGINT NOT NULL,
         PRIMARY KEY (run_id, object_id)
     )""",
+    # Per run and currency: the statement's lines with a fee, their fees, and the fee transfers
+    # the run posted (a re-run finds them posted already).
+    """CREATE TABLE IF NOT EXISTS recon_fees (
+        run_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        lines BIGINT NOT NULL,
+        fee_minor BIGINT NOT NULL,
+        posted_now BIGINT NOT NULL,
+        PRIMARY KEY (run_id, currency)
+    )""",
+    "CREATE INDEX IF NOT EXISTS recon_runs_by_start ON recon_runs (started_at_ns, run_id)",
     """CREATE TABLE IF NOT EXISTS recon_expected (
         channel TEXT NOT NULL,
         instruction_id TEXT NOT NULL,
@@ -268,6 +280,50 @@ class ReconciliationStore:
                 entry[f"amount_minor:{currency}"] = int(amount)
         return out
 
+    async def runs(self, *, channel: str = "", business_date: str = "", limit: int = 100,
+                   before: tuple[int, str] | None = None) -> list[Run]:
+        """Newest first; `before` is the (started_at_ns, run_id) of the last run of the previous page."""
+        where, params = ["1 = 1"], []
+        for column, value in (("channel", channel), ("business_date", business_date)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("(started_at_ns < ? OR (started_at_ns = ? AND run_id < ?))")
+            params += [before[0], before[0], before[1]]
+        rows = await self.db.query(f"SELECT {_RUN_COLUMNS} FROM recon_runs WHERE {' AND '.join(where)} "
+                                   "ORDER BY started_at_ns DESC, run_id DESC LIMIT ?", (*params, limit))
+        return [_run(r) for r in rows]
+
+    async def first_date(self, channel: str) -> str | None:
+        """The oldest business day the channel has a run of (any state): where the scheduler starts."""
+        rows = await self.db.query("SELECT MIN(business_date) FROM recon_runs WHERE channel = ?", (channel,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def completed_dates(self, channel: str, since_date: str) -> set[str]:
+        rows = await self.db.query("SELECT DISTINCT business_date FROM recon_runs WHERE channel = ? AND state = ? "
+                                   "AND business_date >= ?", (channel, "completed", since_date))
+        return {str(r[0]) for r in rows}
+
+    async def action_counts(self, run_id: str) -> dict[str, int]:
+        """{proposed|applied|refused: n} of a run's automatic resolutions."""
+        rows = await self.db.query("SELECT state, COUNT(*) FROM recon_actions WHERE run_id = ? GROUP BY state",
+                                   (run_id,))
+        return {str(s): int(n) for s, n in rows}
+
+    async def record_fees(self, run_id: str, fees: dict[str, tuple[int, int, int]]) -> None:
+        """{currency: (lines with a fee, fee total, fee transfers posted now)} of a run."""
+        if fees:
+            await self.db.write([("INSERT INTO recon_fees (run_id, currency, lines, fee_minor, posted_now) "
+                                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, currency) DO UPDATE SET "
+                                  "lines = excluded.lines, fee_minor = excluded.fee_minor, "
+                                  "posted_now = excluded.posted_now", (run_id, c, *v)) for c, v in sorted(fees.items())])
+
+    async def fees(self, run_id: str) -> dict[str, tuple[int, int, int]]:
+        rows = await self.db.query("SELECT currency, lines, fee_minor, posted_now FROM recon_fees WHERE run_id = ? "
+                                   "ORDER BY currency", (run_id,))
+        return {str(c): (int(n), int(f), int(p)) for c, n, f, p in rows}
+
     # ---- what a run found
     async def record(self, run: Run, results: Iterable[Result], policy: Policy | None = None) -> None:
         """Discrepancies (opened, or seen again), proposed automatic actions and EXPECTED items of
@@ -348,10 +404,13 @@ class DiscrepancyService:
 
     async def list(self, *, status: str | None = None, cls: Class | None = None, channel: str | None = None,
                    opened_before_ns: int | None = None, limit: int = 100,
-                   after: tuple[int, str] | None = None) -> list[Discrepancy]:
+                   after: tuple[int, str] | None = None, unresolved: bool = False) -> list[Discrepancy]:
         """Oldest first (the age queue); `opened_before_ns` keeps those older than a point in time;
-        `after` is the (opened_at_ns, id) of the last one of the previous page."""
+        `after` is the (opened_at_ns, id) of the last one of the previous page; `unresolved`
+        keeps the open and the assigned ones."""
         where, params = ["1 = 1"], []
+        if unresolved:
+            where.append("status <> 'resolved'")
         for column, value in (("status", status), ("class", cls.value if cls else None), ("channel", channel)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -371,6 +430,11 @@ class DiscrepancyService:
         rows = await self.db.query("SELECT class, COUNT(*) FROM recon_discrepancies WHERE status <> 'resolved' "
                                    "GROUP BY class")
         return {str(c): int(n) for c, n in rows}
+
+    async def open_ages(self) -> list[tuple[str, int]]:
+        """(class, opened_at_ns) of every discrepancy not resolved yet (for the age gauge)."""
+        rows = await self.db.query("SELECT class, opened_at_ns FROM recon_discrepancies WHERE status <> 'resolved'")
+        return [(str(c), int(t)) for c, t in rows]
 
     async def open(self, channel: str, business_date: str, run_id: str, result: Result) -> Discrepancy:
         """Open one by hand (a run opens its own through ReconciliationStore.record); idempotent."""

@@ -73,6 +73,12 @@ def receivable_account(channel: str, currency: str) -> Account:
     return _account(f"channel:{channel}:receivable", currency, AccountCode.RECEIVABLE)
 
 
+def channel_fee_account(channel: str, currency: str) -> Account:
+    """What a channel charged us (its fees, from its statements): our operating expense. The
+    channel keeps the fee from what it settles, so a fee moves from the channel's receivable here."""
+    return _account(f"channel:{channel}:fee_expense", currency, AccountCode.OPERATING)
+
+
 def transfer_id(object_id: str, leg: str) -> int:
     """A ledger transfer id derived from a payment or refund id and the leg's role,
     so re-driving a step after a crash names the same transfers (the ledger answers EXISTS)."""

@@ -29,7 +29,7 @@ DISCREPANCIES = Counter(
 REFUNDS = Counter("dualflow_refunds_total", "Refunds reaching a state.", ["asset", "status", "reason"])
 CHANNEL_ANSWERS = Counter(
     "dualflow_payment_channel_answers_total",
-    "Answers from the financial gateway, by source (submit, poll, callback) and outcome.",
+    "Answers from the financial gateway, by source (submit, poll, callback; reconciliation: a statement) and outcome.",
     ["source", "outcome"],
 )
 OPEN_EXTERNAL = Gauge(

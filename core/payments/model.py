@@ -173,6 +173,7 @@ class Refund:
     updated_at_ns: int
     reason: str = ""
     failure_reason: str = ""
+    status_note: str = ""  # who settled it when not the channel's own answer ("resolved by reconciliation <run>")
 
 
 @dataclass(frozen=True, slots=True)

@@ -467,6 +467,8 @@ class MoveRefund(_Procedure):
     target: RefundStatus
     reason: str = ""
     polls: PollTiming = PollTiming()
+    only_from: frozenset[RefundStatus] | None = None  # refuse unless the refund is in one of these
+    note: str = ""  # who settled it, when not the channel's answer: kept in the refund's status_note
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -476,6 +478,8 @@ class MoveRefund(_Procedure):
         refund = records.refund_from_body(rows[0][0])
         if refund.status == self.target:
             return Outcome("unchanged", refund=refund)
+        if self.only_from is not None and refund.status not in self.only_from:
+            return Outcome("refused", refund=refund, reason="REFUND_STATE_CONFLICT")
         if refund.status in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
             return Outcome("discrepancy", refund=refund, reason="LATE_ANSWER_CONTRADICTS_FINAL")
         payment = yield from _load_payment(ctx, refund.payment_id)
@@ -497,7 +501,8 @@ class MoveRefund(_Procedure):
         if self.target in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):  # the hold was posted or voided
             touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer, payment.payee))
         refund = replace(refund, status=self.target, updated_at_ns=ctx.now_ns,
-                         failure_reason=self.reason if self.target is RefundStatus.FAILED else "")
+                         failure_reason=self.reason if self.target is RefundStatus.FAILED else "",
+                         status_note=self.note or refund.status_note)
         yield from ctx.execute(records.UPSERT_REFUND, records.refund_params(refund))
         yield from _emit(ctx, f"refund.{self.target.name.lower()}", refund.merchant_id, refund.refund_id,
                          records.refund_to_dict(refund))

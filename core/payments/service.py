@@ -626,6 +626,42 @@ class PaymentService:
             metrics.DISCREPANCIES.inc()
             log.warning("refund %s: %s answered %s after it became final", refund_id, source, target.name)
 
+    async def resolve_by_reconciliation(self, run_id: str, object_id: str, kind: str, succeeded: bool, *,
+                                        reason: str = "", channel_reference: str = "") -> bool:
+        """What a channel's statement proved about a payment (kind "pay") or refund ("refund")
+        that is still PROCESSING or UNKNOWN: SUCCEEDED posts its hold, FAILED voids it, through
+        the same procedures, outbox and metrics as a channel's own answer, with the note
+        "resolved by reconciliation <run_id>" on the record and in its event; its polling row
+        goes with it. The state is checked again inside the commit: a payment or refund that
+        is final already (or CREATED: never sent) is left alone, and False says nothing moved
+        (so a re-run is harmless). A payment whose reversal is in flight is left to the
+        reversal's answer."""
+        note = f"resolved by reconciliation {run_id}"
+        if kind == "refund":
+            target_refund = RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED
+            outcome: Outcome = await self.ledger.run(MoveRefund(
+                object_id, target_refund, "" if succeeded else (reason or "FAILED_ON_STATEMENT"), polls=self.polls,
+                only_from=frozenset({RefundStatus.PROCESSING, RefundStatus.UNKNOWN}), note=note))
+            if outcome.kind != "moved":
+                return False
+            self._after_commit(outcome)
+            assert outcome.refund is not None and outcome.payment is not None
+            metrics.CHANNEL_ANSWERS.labels("reconciliation", "SUCCEEDED" if succeeded else "FAILED").inc()
+            metrics.REFUNDS.labels(outcome.payment.asset.name, target_refund.name, outcome.refund.failure_reason).inc()
+            return True
+        polled = await self.ledger.query("SELECT kind FROM channel_polls WHERE object_id = ?", (object_id,))
+        if polled and polled[0][0] == "reverse":
+            return False
+        target = PaymentStatus.SUCCEEDED if succeeded else PaymentStatus.FAILED
+        outcome = await self._move(object_id, target, reason="" if succeeded else (reason or "FAILED_ON_STATEMENT"),
+                                   channel_reference=channel_reference, source="reconciliation", note=note,
+                                   only_from=frozenset({PaymentStatus.PROCESSING, PaymentStatus.UNKNOWN}))
+        if outcome.kind != "moved":
+            return False
+        metrics.CHANNEL_ANSWERS.labels("reconciliation", target.name).inc()
+        self._after_commit(outcome, previous=outcome.previous_status, since_ns=outcome.previous_updated_at_ns)
+        return True
+
     # ---- the polling schedule (channel_polls): durable, so a restart resumes it
     async def _poll_forever(self) -> None:
         while not self._stopping:

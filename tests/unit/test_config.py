@@ -329,6 +329,13 @@ def test_permission_table_matches_the_contract() -> None:
         Clearing/GetWindow             clearing.read
         Clearing/ListSettlements       clearing.read
         Clearing/GetPoolBalances       clearing.read
+        Reconciliation/RunReconciliation reconciliation.manage
+        Reconciliation/AssignDiscrepancy reconciliation.manage
+        Reconciliation/ResolveDiscrepancy reconciliation.manage
+        Reconciliation/GetRun          reconciliation.read
+        Reconciliation/ListRuns        reconciliation.read
+        Reconciliation/ListDiscrepancies reconciliation.read
+        Reconciliation/GetDiscrepancyHistory reconciliation.read
     """
     table = dict(line.split() for line in expected.strip().splitlines())
     assert dict(METHOD_PERMISSIONS) == {f"/dualflow.v1.{m}": p for m, p in table.items()}
