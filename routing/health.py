@@ -55,6 +55,10 @@ def _gamma_terms(shape: float) -> tuple[float, float]:
     return 1.0 - c, math.sqrt(c)
 
 
+_TERMS_MAX = 8_192
+_TERMS = [(0.0, 0.0)] + [_gamma_terms(float(k)) for k in range(1, _TERMS_MAX)]
+
+
 @dataclass
 class ChannelHealth:
     window: int = 2_000  # outcomes remembered
@@ -113,7 +117,11 @@ class ChannelHealth:
         return sample_many((self,), rng, now)[0]
 
     def _terms(self, a: float, b: float) -> tuple[float, float, float, float, float, float]:
-        terms = self._sampler = (a, b, *_gamma_terms(a), *_gamma_terms(b))
+        # Shapes are whole numbers with the default prior: read their terms from a table (an
+        # answer recorded between two decisions changes a posterior, so this runs often).
+        ta = _TERMS[int(a)] if a < _TERMS_MAX and a == int(a) else _gamma_terms(a)
+        tb = _TERMS[int(b)] if b < _TERMS_MAX and b == int(b) else _gamma_terms(b)
+        terms = self._sampler = (a, b, ta[0], ta[1], tb[0], tb[1])
         return terms
 
     def latency_ms(self, quantile: float) -> float | None:
