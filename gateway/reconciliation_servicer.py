@@ -47,7 +47,8 @@ def run_to_pb(report: RunReport) -> pb.ReconciliationRun:
         finished_at_ns=r.finished_at_ns, lines=r.lines, instructions=r.instructions, error_reason=r.error_reason,
         error_line=r.error_line, detail=r.detail, counts=counts, auto_resolved=report.applied,
         auto_refused=report.refused, replayed=report.replayed,
-        fees=[pb.FeeTotal(currency=c, lines=n, fee_minor=f, posted_now=p) for c, (n, f, p) in sorted(report.fees.items())])
+        fees=[pb.FeeTotal(currency=c, lines=n, fee_minor=f, posted_now=p)
+              for c, (n, f, p) in sorted(report.fees.items())])
 
 
 def discrepancy_to_pb(d: Discrepancy) -> pb.ReconciliationDiscrepancy:

@@ -3,8 +3,9 @@
 A business day D (UTC) is due from `time_utc` on day D+1: the hour the channels' statements of D
 are available. Each pass (at start, then every `tick_s`) reconciles, channel by channel, every due
 day that has no completed run yet, at most `catch_up_days` back and not before the channel's first
-run (a channel never reconciled starts at the newest due day). The runs table is the durable record, so a restart neither skips a day (what was missed
-while the process was down is caught up) nor does one twice (a completed pair is not run again).
+run (a channel never reconciled starts at the newest due day). The runs table is the durable
+record, so a restart neither skips a day (what was missed while the process was down is caught
+up) nor does one twice (a completed pair is not run again).
 A day whose run failed or was rejected is tried again, at most every `retry_s`, until it
 completes or falls out of the catch-up window (then it waits for a person: RunReconciliation).
 

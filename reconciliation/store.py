@@ -317,7 +317,8 @@ class ReconciliationStore:
             await self.db.write([("INSERT INTO recon_fees (run_id, currency, lines, fee_minor, posted_now) "
                                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, currency) DO UPDATE SET "
                                   "lines = excluded.lines, fee_minor = excluded.fee_minor, "
-                                  "posted_now = excluded.posted_now", (run_id, c, *v)) for c, v in sorted(fees.items())])
+                                  "posted_now = excluded.posted_now", (run_id, c, *v))
+                                 for c, v in sorted(fees.items())])
 
     async def fees(self, run_id: str) -> dict[str, tuple[int, int, int]]:
         rows = await self.db.query("SELECT currency, lines, fee_minor, posted_now FROM recon_fees WHERE run_id = ? "

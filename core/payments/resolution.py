@@ -121,21 +121,29 @@ class ChannelFees:
     async def _post(self, channel: str, batch: Sequence[FeeLine]) -> FeesPosted:
         currencies = sorted({x.currency for x in batch} - {c for ch, c in self._opened if ch == channel})
         if currencies:
-            accounts = [a for c in currencies for a in (channel_fee_account(channel, c), receivable_account(channel, c))]
+            accounts = [a for c in currencies
+                        for a in (channel_fee_account(channel, c), receivable_account(channel, c))]
             opened = await self.ledger.create_accounts(accounts)
             assert all(r in (A_OK, A_EXISTS) for r in opened.results), f"fee accounts misconfigured: {opened.results}"
             self._opened.update((channel, c) for c in currencies)
-        seen: set[int] = set()
+        seen: dict[int, Transfer] = {}
         unique: list[tuple[FeeLine, Transfer]] = []
+        out = FeesPosted()
         for x in batch:
             t = Transfer(id=fee_transfer_id(channel, x), debit_account_id=channel_fee_account(channel, x.currency).id,
                          credit_account_id=receivable_account(channel, x.currency).id, amount=x.fee,
                          currency=x.currency, code=CODE_CHANNEL_FEE)
-            if t.id not in seen:  # the same line twice in one batch: one posting (the ledger would refuse the pair)
-                seen.add(t.id)
+            before = seen.get(t.id)
+            if before is None:
+                seen[t.id] = t
                 unique.append((x, t))
+            elif (before.amount, before.currency) == (t.amount, t.currency):  # the same line twice: once
+                out.already[x.currency] = out.already.get(x.currency, 0) + 1
+            else:
+                out.conflicts += 1
+                log.warning("channel %s fee for %s not posted: another line of the batch has another fee", channel,
+                            x.instruction_id or x.channel_reference)
         result = await self.ledger.create_transfers([t for _, t in unique])
-        out = FeesPosted()
         for (x, t), r in zip(unique, result.results, strict=True):
             if r == T_OK:
                 out.posted[x.currency] = out.posted.get(x.currency, 0) + 1

@@ -1,0 +1,230 @@
+"""The Reconciliation service over real gRPC, on SQLite and PostgreSQL.
+
+A Platform serves on 127.0.0.1:0 with API keys written by the test and the scripted channel
+answering its payments; the channel's statement is given by the test. Refusals are checked for
+their status, ErrorInfo and BadRequest details, and for having changed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from dualflow.adapters.contract import Capabilities, FeeSchedule, Flow, Outcome, StatementLine
+from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus
+from dualflow.gateway.config import hash_api_key
+from dualflow.gateway.server import Platform, ServerConfig
+from dualflow.v1 import reconciliation_pb2 as pb
+from dualflow.v1 import reconciliation_pb2_grpc
+
+OPS_KEY = "dfk_recon-ops-key-0123456789abcdef"
+READER_KEY = "dfk_recon-reader-key-0123456789abc"
+OTHER_KEY = "dfk_payments-only-key-0123456789ab"
+TODAY = datetime.now(timezone.utc).date().isoformat()
+CHANNEL = "scripted"
+
+CONFIG = f"""
+[[merchants]]
+id = "shop"
+name = "Shop"
+currencies = ["CNY"]
+fee_bps = 0
+
+[[callers]]
+name = "finance-lead"
+api_key_sha256 = "{hash_api_key(OPS_KEY)}"
+merchants = ["*"]
+permissions = ["reconciliation.manage", "reconciliation.read"]
+
+[[callers]]
+name = "auditor"
+api_key_sha256 = "{hash_api_key(READER_KEY)}"
+merchants = ["*"]
+permissions = ["reconciliation.read"]
+
+[[callers]]
+name = "shop"
+api_key_sha256 = "{hash_api_key(OTHER_KEY)}"
+merchants = ["shop"]
+permissions = ["payments.write", "payments.read"]
+"""
+
+
+class Statement:
+    name = CHANNEL
+
+    def __init__(self) -> None:
+        self.lines: list[StatementLine] = []
+
+    def describe(self) -> Capabilities:
+        return Capabilities(CHANNEL, frozenset({Asset.BANK_TRANSFER}), frozenset({"CNY"}), frozenset({Flow.STATEMENT}),
+                            fees={"CNY": FeeSchedule(bps=0)})
+
+    async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
+        for line in self.lines:
+            yield line
+
+
+@dataclass
+class Running:
+    platform: Platform
+    stub: reconciliation_pb2_grpc.ReconciliationStub
+    statement: Statement
+
+    async def call(self, method: str, request: Any, key: str = OPS_KEY) -> Any:
+        rpc: Callable[..., Awaitable[Any]] = getattr(self.stub, method)
+        return await rpc(request, metadata=(("authorization", f"Bearer {key}"),), timeout=30)
+
+
+@pytest.fixture
+async def running(db_url: str, tmp_path: Path) -> AsyncIterator[Running]:
+    config = tmp_path / "dualflow.toml"
+    config.write_text(CONFIG)
+    platform = Platform(ServerConfig(listen="127.0.0.1:0", db=db_url, config_path=str(config), expiry_interval_s=0,
+                                     channel="scripted"))
+    statement = Statement()
+    platform.reconciliation.adapters[CHANNEL] = statement  # type: ignore[assignment]
+    await platform.start()
+    channel = grpc.aio.insecure_channel(platform.address)
+    try:
+        yield Running(platform, reconciliation_pb2_grpc.ReconciliationStub(channel), statement)
+    finally:
+        await channel.close()
+        await platform.stop()
+
+
+def details(err: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, list[str]]:
+    """Code, ErrorInfo reason, and the BadRequest's fields."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no rich status"
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    for d in status.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            d.Unpack(info)
+        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            d.Unpack(bad)
+    assert info.domain == "dualflow.v1.Reconciliation"
+    return err.code(), info.reason, [v.field for v in bad.field_violations]
+
+
+async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str, list[str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details(caught.value)
+
+
+async def test_runs_discrepancies_and_refusals(running: Running) -> None:
+    r = running
+    paid = await r.platform.payments.create_payment(PaymentRequest(
+        request_id="p1", merchant_id="shop", payer="user:alice", payee="merchant:shop", amount=5_000, currency="CNY",
+        asset=Asset.BANK_TRANSFER, bank_account=BankAccount("ICBC", "1234", "Alice")))
+    for _ in range(500):
+        if (await r.platform.payments.get_payment(paid.payment_id)).status is PaymentStatus.SUCCEEDED:
+            break
+        await asyncio.sleep(0.01)
+    r.statement.lines = [
+        StatementLine(TODAY, f"{paid.payment_id}-1", "R1", "pay", 5_000, "CNY", Outcome.SUCCEEDED, 0),
+        StatementLine(TODAY, "pay_nobody-1", "R2", "pay", 777, "CNY", Outcome.SUCCEEDED, 0),  # not ours
+        StatementLine(TODAY, f"{paid.payment_id}-1", "R3", "pay", 5_000, "CNY", Outcome.SUCCEEDED, 0),  # twice
+    ]
+
+    # Who may: reconciliation.manage runs and resolves; reconciliation.read reads; others neither.
+    request = pb.RunReconciliationRequest(channel=CHANNEL, business_date=TODAY)
+    assert (await refused(r.call("RunReconciliation", request, READER_KEY)))[0] is grpc.StatusCode.PERMISSION_DENIED
+    assert (await refused(r.call("ListRuns", pb.ListRunsRequest(), OTHER_KEY)))[0] is grpc.StatusCode.PERMISSION_DENIED
+    # Bad input: every field named, nothing run.
+    assert await refused(r.call("RunReconciliation", pb.RunReconciliationRequest(channel="nope",
+                                                                                business_date="2024-02-30"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["channel", "business_date"])
+    assert await refused(r.call("RunReconciliation", pb.RunReconciliationRequest(
+        channel=CHANNEL, business_date="2999-01-01"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["business_date"])
+    assert list((await r.call("ListRuns", pb.ListRunsRequest(), READER_KEY)).runs) == []
+
+    run = await r.call("RunReconciliation", request)
+    assert (run.state, run.attempt, run.lines, run.instructions, run.replayed) == (
+        pb.RUN_STATE_COMPLETED, 1, 3, 1, False)
+    counts = {pb.ReconciliationClass.Name(c.match_class).removeprefix("RECONCILIATION_CLASS_"): (c.lines,
+                                                                                                c.instructions)
+              for c in run.counts}
+    assert counts == {"MATCHED": (1, 1), "MISSING_INTERNALLY": (1, 0), "DUPLICATE": (1, 0)}
+    assert dict(next(c for c in run.counts if c.match_class == pb.RECONCILIATION_CLASS_MISSING_INTERNALLY)
+                .amount_minor) == {"CNY": 777}
+    again = await r.call("RunReconciliation", request)
+    assert again.replayed and again.run_id == run.run_id
+    assert (await r.call("GetRun", pb.GetRunRequest(run_id=run.run_id), READER_KEY)).counts == run.counts
+    forced = await r.call("RunReconciliation", pb.RunReconciliationRequest(channel=CHANNEL, business_date=TODAY,
+                                                                           force=True))
+    assert (forced.attempt, forced.replayed) == (2, False)
+    runs = await r.call("ListRuns", pb.ListRunsRequest(channel=CHANNEL, page_size=1), READER_KEY)
+    assert [x.run_id for x in runs.runs] == [forced.run_id] and runs.next_page_token
+    rest = await r.call("ListRuns", pb.ListRunsRequest(channel=CHANNEL, page_size=1,
+                                                       page_token=runs.next_page_token), READER_KEY)
+    assert [x.run_id for x in rest.runs] == [run.run_id]
+    assert (await refused(r.call("GetRun", pb.GetRunRequest(run_id="rcn_nope"))))[:2] == (
+        grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND")
+
+    # The work queue: two findings (re-runs found the same ones again), a page at a time.
+    page = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(page_size=1), READER_KEY)
+    assert len(page.discrepancies) == 1 and page.next_page_token
+    rest2 = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(page_size=1,
+                                                                          page_token=page.next_page_token), READER_KEY)
+    found = [*page.discrepancies, *rest2.discrepancies]
+    assert sorted(pb.ReconciliationClass.Name(d.match_class) for d in found) == [
+        "RECONCILIATION_CLASS_DUPLICATE", "RECONCILIATION_CLASS_MISSING_INTERNALLY"]
+    orphan = next(d for d in found if d.match_class == pb.RECONCILIATION_CLASS_MISSING_INTERNALLY)
+    assert (orphan.first_run_id, orphan.last_run_id, orphan.status) == (
+        run.run_id, forced.run_id, pb.DISCREPANCY_STATUS_OPEN)
+    only = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(
+        match_class=pb.RECONCILIATION_CLASS_MISSING_INTERNALLY), READER_KEY)
+    assert [d.discrepancy_id for d in only.discrepancies] == [orphan.discrepancy_id]
+    old = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(min_age_s=3600), READER_KEY)
+    assert list(old.discrepancies) == []
+    assert await refused(r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(page_token="not-ours"),
+                                READER_KEY)) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["page_token"])
+    assert await refused(r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(match_class=99), READER_KEY)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["match_class"])
+
+    # The workflow: assigned, resolved with an action and a reason, closed for good, audited.
+    did = orphan.discrepancy_id
+    assert await refused(r.call("AssignDiscrepancy", pb.AssignDiscrepancyRequest(discrepancy_id=did,
+                                                                                assignee=" "))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["assignee"])
+    assigned = await r.call("AssignDiscrepancy", pb.AssignDiscrepancyRequest(discrepancy_id=did, assignee="mei"))
+    assert (assigned.status, assigned.assignee, assigned.version) == (pb.DISCREPANCY_STATUS_ASSIGNED, "mei", 2)
+    assert await refused(r.call("ResolveDiscrepancy", pb.ResolveDiscrepancyRequest(discrepancy_id=did))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["action", "reason"])
+    assert (await r.call("GetDiscrepancyHistory", pb.GetDiscrepancyHistoryRequest(discrepancy_id=did),
+                         READER_KEY)).discrepancy.version == 2  # the refusal changed nothing
+    assert (await refused(r.call("ResolveDiscrepancy", pb.ResolveDiscrepancyRequest(
+        discrepancy_id=did, action=pb.RESOLUTION_ACTION_WRITE_OFF, reason="x"), READER_KEY)))[0] \
+        is grpc.StatusCode.PERMISSION_DENIED
+    resolved = await r.call("ResolveDiscrepancy", pb.ResolveDiscrepancyRequest(
+        discrepancy_id=did, action=pb.RESOLUTION_ACTION_WRITE_OFF, reason="the bank's test transaction"))
+    assert (resolved.status, resolved.resolution_action, resolved.resolution_reason) == (
+        pb.DISCREPANCY_STATUS_RESOLVED, pb.RESOLUTION_ACTION_WRITE_OFF, "the bank's test transaction")
+    assert await refused(r.call("ResolveDiscrepancy", pb.ResolveDiscrepancyRequest(
+        discrepancy_id=did, action=pb.RESOLUTION_ACTION_REFUND, reason="again"))) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "DISCREPANCY_CLOSED", [])
+    assert (await refused(r.call("AssignDiscrepancy", pb.AssignDiscrepancyRequest(
+        discrepancy_id="dsc_nope", assignee="mei"))))[:2] == (grpc.StatusCode.NOT_FOUND, "DISCREPANCY_NOT_FOUND")
+    history = await r.call("GetDiscrepancyHistory", pb.GetDiscrepancyHistoryRequest(discrepancy_id=did), READER_KEY)
+    assert [(e.version, e.actor, e.event) for e in history.events] == [
+        (1, f"reconciliation {run.run_id}", "opened"), (2, "finance-lead", "assigned"),
+        (3, "finance-lead", "resolved")]
+    assert history.events[2].detail == "write_off: the bank's test transaction"
+    left = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(), READER_KEY)
+    assert [pb.ReconciliationClass.Name(d.match_class) for d in left.discrepancies] == [
+        "RECONCILIATION_CLASS_DUPLICATE"]
+    closed = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(status=pb.DISCREPANCY_STATUS_RESOLVED),
+                          READER_KEY)
+    assert [d.discrepancy_id for d in closed.discrepancies] == [did]
