@@ -1,4 +1,4 @@
-"""The `dualflow` command: serve, demo, clear, bench."""
+"""The `dualflow` command: serve, demo, clear, reconcile, bench."""
 
 from __future__ import annotations
 
@@ -84,6 +84,78 @@ def _clear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    """Reconcile one channel and business day over the Reconciliation service; print the counts by
+    class, the fees, and the discrepancies of that day still waiting for a person."""
+    import os
+    import time
+
+    import grpc
+    from rich.console import Console
+    from rich.table import Table
+
+    from dualflow.core.money import format_minor
+    from dualflow.v1 import reconciliation_pb2 as pb
+    from dualflow.v1 import reconciliation_pb2_grpc
+
+    async def call() -> tuple[pb.ReconciliationRun, list[pb.ReconciliationDiscrepancy]]:
+        key = args.api_key or os.environ.get("DUALFLOW_API_KEY", "")
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            stub = reconciliation_pb2_grpc.ReconciliationStub(channel)
+            run = await stub.RunReconciliation(pb.RunReconciliationRequest(
+                channel=args.channel, business_date=args.date, force=args.force), metadata=metadata, timeout=600)
+            found: list[pb.ReconciliationDiscrepancy] = []
+            token = ""
+            while True:
+                page = await stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(
+                    channel=args.channel, page_size=1000, page_token=token), metadata=metadata, timeout=60)
+                found += [d for d in page.discrepancies if d.business_date == args.date]
+                token = page.next_page_token
+                if not token:
+                    return run, found
+
+    try:
+        run, found = asyncio.run(call())
+    except grpc.aio.AioRpcError as exc:
+        print(f"dualflow reconcile: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    out = Console()
+    state = pb.RunState.Name(run.state).removeprefix("RUN_STATE_")
+    replayed = " (an earlier run: --force runs it again)" if run.replayed else ""
+    moved = f", {run.auto_refused} had moved meanwhile" if run.auto_refused else ""
+    out.print(f"run [bold]{run.run_id}[/bold] {state}{replayed}: {run.lines} statement lines, {run.instructions} of "
+              f"our instructions; {run.auto_resolved} payments resolved by it{moved}")
+    if run.state == pb.RUN_STATE_REJECTED:
+        out.print(f"[red]the statement was rejected[/red]: {run.error_reason} at line {run.error_line}; nothing "
+                  "of it was applied")
+    elif run.state != pb.RUN_STATE_COMPLETED:
+        out.print(f"[red]{run.detail}[/red]")
+    counts = Table("class", "lines", "instructions", "amount", title="counts by class")
+    for c in run.counts:
+        amounts = ", ".join(format_minor(v, k) for k, v in sorted(c.amount_minor.items()))
+        counts.add_row(pb.ReconciliationClass.Name(c.match_class).removeprefix("RECONCILIATION_CLASS_"),
+                       str(c.lines), str(c.instructions), amounts)
+    fees = Table("currency", "lines with a fee", "fees", "posted now", title="the channel's fees")
+    for f in run.fees:
+        fees.add_row(f.currency, str(f.lines), format_minor(f.fee_minor, f.currency, with_code=False),
+                     str(f.posted_now))
+    now = time.time_ns()
+    waiting = Table("discrepancy", "class", "instruction", "status", "age", "detail",
+                    title=f"discrepancies of {args.channel} on {args.date} waiting for a person")
+    for d in found:
+        waiting.add_row(d.discrepancy_id, pb.ReconciliationClass.Name(d.match_class).removeprefix(
+            "RECONCILIATION_CLASS_"), d.instruction_id, pb.DiscrepancyStatus.Name(d.status).removeprefix(
+            "DISCREPANCY_STATUS_").lower() + (f" ({d.assignee})" if d.assignee else ""),
+            f"{(now - d.opened_at_ns) / 3.6e12:.1f} h", d.detail)
+    for table in (counts, fees, waiting):
+        if table.row_count:
+            out.print(table)
+    if not found and run.state == pb.RUN_STATE_COMPLETED:
+        out.print("no discrepancy of that day is waiting for a person")
+    return 0 if run.state == pb.RUN_STATE_COMPLETED else 1
+
+
 MOCK_BANKS = ("iso8583", "psp", "transfer")
 
 
@@ -137,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("--api-key", default=None, help="a key with clearing.manage (closing) or clearing.read "
                                                        "(default: $DUALFLOW_API_KEY)")
     clear.set_defaults(run=_clear)
+
+    reconcile = sub.add_parser("reconcile", help="reconcile a channel's statement of a business day against our "
+                                                 "payments over the Reconciliation service, and show what it found")
+    reconcile.add_argument("--channel", required=True, help="a configured channel's name")
+    reconcile.add_argument("--date", required=True, help="the business day, YYYY-MM-DD (UTC)")
+    reconcile.add_argument("--force", action="store_true", help="run it again even if the day has a completed run")
+    reconcile.add_argument("--target", default="127.0.0.1:50051", help="the server's HOST:PORT")
+    reconcile.add_argument("--api-key", default=None, help="a key with reconciliation.manage "
+                                                           "(default: $DUALFLOW_API_KEY)")
+    reconcile.set_defaults(run=_reconcile)
 
     mock = sub.add_parser("mock-bank", help="run a mock bank or PSP server (loopback; see mock_banks/launcher.py)",
                           add_help=False)

@@ -228,3 +228,28 @@ async def test_runs_discrepancies_and_refusals(running: Running) -> None:
     closed = await r.call("ListDiscrepancies", pb.ListDiscrepanciesRequest(status=pb.DISCREPANCY_STATUS_RESOLVED),
                           READER_KEY)
     assert [d.discrepancy_id for d in closed.discrepancies] == [did]
+
+
+async def test_the_cli_prints_counts_and_discrepancies(running: Running) -> None:
+    import re
+    import subprocess
+    import sys
+
+    running.statement.lines = [StatementLine(TODAY, "pay_nobody-1", "R2", "pay", 777, "CNY", Outcome.SUCCEEDED, 3)]
+    args = [sys.executable, "-m", "dualflow.gateway.cli", "reconcile", "--channel", CHANNEL, "--date", TODAY,
+            "--target", running.platform.address]
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    done = await asyncio.to_thread(subprocess.run, [*args, "--api-key", OPS_KEY], capture_output=True, text=True,
+                                   timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"run rcn_{CHANNEL}_{TODAY}_1 COMPLETED: 1 statement lines, 0 of our instructions" in out, out
+    assert re.search(r"MISSING_INTERNALLY +│ 1 +│ 0 +│ 7\.77 CNY", out), out
+    assert re.search(r"│ CNY +│ 1 +│ 0\.03 +│ 1 +│", out), out  # the fee, posted now
+    assert "channel SUCCEEDED; we have no such instruction" in out and "pay_nobody-1" in out, out
+    again = await asyncio.to_thread(subprocess.run, [*args, "--api-key", OPS_KEY], capture_output=True, text=True,
+                                    timeout=60, env=env)
+    assert "COMPLETED (an earlier run: --force runs it again)" in again.stdout, again.stdout
+    refused = await asyncio.to_thread(subprocess.run, [*args, "--api-key", READER_KEY], capture_output=True,
+                                      text=True, timeout=60, env=env)
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
