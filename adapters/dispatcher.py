@@ -141,7 +141,7 @@ class FinancialGateway:
         for name in routing.fallbacks:
             if name in tried:
                 continue
-            why = self.router.eligible(name, request)
+            why = self.router.eligible(name, request) or ("" if self.router.claim(name) else "BREAKER_OPEN")
             if not why:
                 routing_metrics.DECISIONS.labels(name, "FALLBACK").inc()
                 return name

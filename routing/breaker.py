@@ -45,7 +45,10 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._faults: deque[bool] = deque(maxlen=settings.window)  # True: a channel fault
         self._opened_at = 0.0
-        self._probes_out = 0
+        # When each probe in flight was let through. A probe whose answer never comes back to
+        # the router (the payment was a replay, its answer went to a callback after a crash)
+        # is given up after a cool-down, so a half-open breaker cannot stall with no slots.
+        self._probes: deque[float] = deque()
         self._probe_successes = 0
         self.forced_open = False  # an operator's switch: open until released
 
@@ -61,34 +64,42 @@ class CircuitBreaker:
             return BreakerState.OPEN
         if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.settings.cool_down_s:
             self._state = BreakerState.HALF_OPEN
-            self._probes_out = 0
+            self._probes.clear()
             self._probe_successes = 0
         return self._state
+
+    @property
+    def probes_out(self) -> int:
+        probes, horizon = self._probes, self._clock() - self.settings.cool_down_s
+        while probes and probes[0] < horizon:
+            probes.popleft()
+        return len(probes)
 
     def allows(self) -> bool:
         """Whether a payment may be sent now (without taking a probe slot)."""
         state = self.state
         return state is BreakerState.CLOSED or (
-            state is BreakerState.HALF_OPEN and self._probes_out < self.settings.probes)
+            state is BreakerState.HALF_OPEN and self.probes_out < self.settings.probes)
 
     def acquire(self) -> bool:
         """Take the right to send one payment; in half-open state this uses a probe slot."""
         if not self.allows():
             return False
         if self._state is BreakerState.HALF_OPEN:
-            self._probes_out += 1
+            self._probes.append(self._clock())
         return True
 
     def record(self, *, channel_fault: bool, payer_decline: bool = False) -> None:
         """The outcome of a payment this breaker let through."""
         if payer_decline:
             # Not the channel's doing: neither a fault nor proof of health. A probe slot is freed.
-            if self._state is BreakerState.HALF_OPEN and self._probes_out:
-                self._probes_out -= 1
+            if self._state is BreakerState.HALF_OPEN and self._probes:
+                self._probes.popleft()
             return
         state = self.state
         if state is BreakerState.HALF_OPEN:
-            self._probes_out = max(0, self._probes_out - 1)
+            if self._probes:
+                self._probes.popleft()
             if channel_fault:
                 self._trip()
                 return
@@ -108,5 +119,5 @@ class CircuitBreaker:
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
         self._faults.clear()
-        self._probes_out = 0
+        self._probes.clear()
         self._probe_successes = 0

@@ -189,6 +189,11 @@ class Router:
             _set_score(candidate, -key)
             add_candidate(candidate)
         order = tuple([c[2] for c in scored])
+        chosen_breaker = self.breakers[order[0]]
+        if chosen_breaker._state is not _CLOSED:
+            # The probe slot is taken with the decision, in the same synchronous step that saw it
+            # free: concurrent payments cannot all pass a half-open breaker's `probes` limit.
+            chosen_breaker.acquire()
         if config.merchants and config.merchants.get(request.merchant_id, _NO_RULE).pinned is not None:
             why = "PINNED"
         else:
@@ -313,10 +318,15 @@ class Router:
         return ""
 
     def sent(self, channel: str, request: RouteRequest) -> None:
-        """The payment went to `channel`: count its volume and, in half-open state, its probe."""
+        """The payment was committed to `channel`: count its daily volume."""
         key = (channel, request.currency, int(self.clock() // DAY_S))
         self._volume[key] = self._volume.get(key, 0) + request.amount
-        self.breakers[channel].acquire()
+
+    def claim(self, channel: str) -> bool:
+        """Take the right to send to a fallback `channel` now (a half-open breaker's probe slot);
+        False when its breaker has no slot left."""
+        breaker = self.breakers.get(channel)
+        return breaker is not None and breaker.acquire()
 
     def add_volume(self, channel: str, currency: str, day: int, amount: int) -> None:
         """Volume sent before this process started (read back from the payments at start-up)."""

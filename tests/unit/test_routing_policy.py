@@ -206,3 +206,21 @@ def test_a_tripped_breaker_starts_the_estimate_over_and_late_answers_are_not_lea
     chosen = [router.decide(CARD).chosen for _ in range(200)]
     # (Without starting over, its 50 timeouts would keep it below 1% until they aged out.)
     assert chosen.count("a") > 50, "recovered: it carries a fair share again, its outage forgotten"
+
+
+def test_a_half_open_breaker_lets_through_no_more_probes_than_allowed_and_lost_probes_expire() -> None:
+    clock = Clock()
+    settings = BreakerSettings(window=6, min_samples=3, open_at=0.5, cool_down_s=10, probes=1, probes_to_close=2)
+    router = Router([caps("a", 20), caps("b", 400)], RoutingConfig(breaker=settings, exploration=0.0),
+                    clock=clock)
+    for _ in range(3):
+        router.record("a", succeeded=False, reason="TIMEOUT")
+    clock.now += 11  # half-open: one probe at a time
+    # Decisions taken before any payment commits (concurrent CreatePayments): the slot is taken
+    # by the decision itself, so only the first goes to "a".
+    decisions = [router.decide(CARD) for _ in range(3)]
+    assert [d.chosen for d in decisions] == ["a", "b", "b"]
+    assert [d.excluded for d in decisions[1:]] == [{"a": "BREAKER_OPEN"}] * 2
+    assert not router.claim("a"), "no slot for a fallback either"
+    clock.now += 11  # the probe's answer never came back to the router: its slot is given up
+    assert router.decide(CARD).chosen == "a"
