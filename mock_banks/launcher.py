@@ -17,7 +17,9 @@ no reply), `lost_reply_rate` (processed, no reply), `late_reply_ms`, `pending_ra
 later: by callback or query), `settle_after_ms`, `duplicate_callback_rate`, `bad_signature_rate`,
 `outage` (refuse connections), `fee_fixed`, `fee_bps`, `statement_fault` (the statement comes out
 broken for reconciliation tests: "bad_row", "wrong_totals", "truncated", "bad_checksum"; "" for a
-good one). Every statement carries a trailer or summary with counts and totals, and a checksum:
+good one), `callback_drop_rate` (PSP and rail: notifications never sent), `phantom_amount` (card
+bank: one approved payment of that amount nobody sent, on its book and statement; reads back 0).
+Every statement carries a trailer or summary with counts and totals, and a checksum:
 the card bank's a MAC in its trailer, the PSP's a hash in its signed bill reply, the transfer
 rail's the reply signature over the body.
 

@@ -20,6 +20,8 @@ Card-bank choices for the uniform profile:
   corrupted. `outage`: the listening socket is closed and open connections are cut, so new
   connections are refused. `duplicate_callback_rate` is accepted and ignored: card banks do
   not call back.
+- `phantom_amount`: the bank books one approved payment of that amount nobody sent (an
+  invented transaction, for reconciliation tests); the field reads back 0.
 - A request with a bad MAC is answered 63 (security violation), properly MACed, and not
   booked. Latency and faults apply to financial messages and status queries; sign-on and echo
   are answered at once by the bank's front end (unless `outage`).
@@ -61,6 +63,9 @@ class Profile:
     fee_fixed: int = 0
     fee_bps: int = 0
     statement_fault: str = ""
+    # Book one approved payment of this amount (CNY) that nobody sent: it shows on the statement and
+    # in the book, never in a reply (reconciliation must find it MISSING_INTERNALLY). Reads back 0.
+    phantom_amount: int = 0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial profile; validates everything before changing anything."""
@@ -330,6 +335,15 @@ class Bank:
         if entry.fee:
             reply[28] = f"D{entry.fee:08d}"
         return reply
+
+    def invent(self, amount: int, currency: str = "CNY") -> Entry:
+        """A transaction nobody asked for (profile `phantom_amount`): approved and booked today
+        under an instruction id no platform issued. Draws nothing from the seeded generator."""
+        serial = sum(1 for e in self.book.values() if e.payment_id == "phantom") + 1
+        iid = "pay_" + hashlib.sha256(f"phantom-{self._rrn}-{serial}".encode()).hexdigest()[:24] + "-1"
+        return self._book(Entry(iid, "pay", amount, currency, "SUCCEEDED", self._next_rrn(),
+                                self.profile.fee_for(amount), self.today(), "00", auth_code="000000",
+                                payment_id="phantom"))
 
     # ---- admin views
     def book_view(self) -> list[dict[str, Any]]:

@@ -172,6 +172,9 @@ def admin_app(server: CardBankServer) -> web.Application:
                 raise ValueError("a JSON object of profile fields")
             was_out = bank.profile.outage
             bank.profile.update(changes)
+            if bank.profile.phantom_amount:
+                bank.invent(bank.profile.phantom_amount)
+                bank.profile.phantom_amount = 0
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if bank.profile.outage != was_out:

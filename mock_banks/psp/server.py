@@ -27,7 +27,9 @@ the order's `notify_url`. Extra profile fields beyond the launcher's: `callback_
 `callback_reorder_ms` (each callback waits a random 0..N ms first, so later events overtake
 earlier ones), `callback_retry_ms` (first retry delay, doubling to 5 s),
 `callback_max_attempts`, `hang_ms` (how long a timed-out request hangs), `statement_fault` (a
-broken trade bill: bad_row, wrong_totals, truncated, bad_checksum; see STATEMENT_FAULTS).
+broken trade bill: bad_row, wrong_totals, truncated, bad_checksum; see STATEMENT_FAULTS),
+`callback_drop_rate` (notifications never sent: the platform must query or reconcile; drawn from a
+generator of its own, only while above 0, so a seeded run's other draws stay the same).
 
 Admin (on --admin-port): GET/PUT /profile, GET /book, GET /statement?date=, POST /rotate,
 GET /callbacks (each notification's id, type, attempts and acknowledgements), GET /keys.
@@ -75,7 +77,7 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "lost_reply_rate": 0.0, "late_reply_ms": 0, "pending_rate": 0.0, "settle_after_ms": 1000,
     "duplicate_callback_rate": 0.0, "bad_signature_rate": 0.0, "outage": False, "fee_fixed": 0, "fee_bps": 0,
     "callback_url": "", "callback_reorder_ms": 0, "callback_retry_ms": 200, "callback_max_attempts": 15,
-    "hang_ms": 30_000, "statement_fault": "",
+    "hang_ms": 30_000, "statement_fault": "", "callback_drop_rate": 0.0,
 }
 # How the trade bill comes out broken, for reconciliation tests: "" (a good bill), "bad_row" (the
 # middle line's 交易状态 is garbled), "wrong_totals" (the summary counts one line too many),
@@ -190,6 +192,7 @@ class Notification:
     attempts: int = 0
     acknowledged: int = 0
     abandoned: bool = False
+    dropped: bool = False  # never sent (callback_drop_rate)
 
 
 @dataclass
@@ -224,6 +227,7 @@ class MockPsp:
         self.keys = keys
         self.rng = random.Random(seed)  # request fates: reproducible for a given request sequence
         self.callback_rng = random.Random(seed ^ 0x5EED)  # callback timing, kept apart from fates
+        self.drop_rng = random.Random(seed ^ 0xD809)  # callback_drop_rate, kept apart from both
         self.profile = dict(DEFAULT_PROFILE)
         self.profile.update({k: _coerce(k, v) for k, v in profile.items()})
         self.host = host
@@ -582,6 +586,11 @@ class MockPsp:
         body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
         note = Notification(envelope["id"], event_type, instruction_id, body, notify_url, now)
         self.notifications.append(note)
+        rate = self.profile["callback_drop_rate"]
+        if rate and self.drop_rng.random() < rate:
+            note.dropped = True
+            log.info("callback %s (%s) dropped (callback_drop_rate)", note.id, event_type)
+            return
         self.spawn(self._deliver(note))
 
     async def _deliver(self, note: Notification) -> None:
@@ -674,6 +683,7 @@ class MockPsp:
     async def get_callbacks(self, request: web.Request) -> web.Response:
         return web.json_response([{"id": n.id, "event_type": n.event_type, "instruction_id": n.instruction_id,
                                    "attempts": n.attempts, "acknowledged": n.acknowledged, "abandoned": n.abandoned,
+                                   "dropped": n.dropped,
                                    "created_at": _rfc3339(n.created_at)} for n in self.notifications])
 
     async def get_keys(self, request: web.Request) -> web.Response:

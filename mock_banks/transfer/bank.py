@@ -29,6 +29,10 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "max_amount": 0,  # above it: REJECTED LIMIT_EXCEEDED (0: no limit)
     "callback_retry_ms": 100,  # first redelivery delay; doubles up to 2 s
     "hold_ms": 30_000,  # how long a timed-out request is held before the connection drops
+    # Notifications the bank never sends (a lost callback: the platform must poll or reconcile). Drawn
+    # from the server's own generator, and only while the rate is above 0, so the decision draws of a
+    # seeded run stay the same.
+    "callback_drop_rate": 0.0,
     # A broken statement, for reconciliation tests: "" (a good one), "bad_row" (the middle line's
     # amount is garbled), "wrong_totals" (the trailer's amount total is one too many), "truncated"
     # (no trailer, the last line cut in half), "bad_checksum" (the body is changed after the reply

@@ -46,6 +46,7 @@ class Delivery:
     url: str
     attempts: int = 0
     acknowledged: int = 0  # how many times (a duplicate delivery is acknowledged again)
+    dropped: bool = False  # never sent (callback_drop_rate)
 
 
 class TransferBankServer:
@@ -55,6 +56,7 @@ class TransferBankServer:
         self.nonces = Nonces(WINDOW_S)
         self.deliveries: dict[str, Delivery] = {}
         self._rng = random.Random(bank.rng.random())  # callback jitter, apart from the decision draws
+        self._drops = random.Random(0xD809)  # callback_drop_rate, apart from both
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.base_events.Server | None = None
         self._session: ClientSession | None = None
@@ -170,6 +172,11 @@ class TransferBankServer:
 
     def _notify(self, notifications: list[Notification]) -> None:
         for n in notifications:
+            rate = self.bank.profile["callback_drop_rate"]
+            if rate and self._drops.random() < rate:
+                self.deliveries[n.event_id] = Delivery(n.event_id, n.callback_url, dropped=True)
+                log.info("callback %s dropped (callback_drop_rate)", n.event_id)
+                continue
             self._spawn(self._deliver(n))
         self._schedule()
 
