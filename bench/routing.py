@@ -2,9 +2,9 @@
 the router routes a simulated day against an oracle and three plain baselines.
 
 Decision latency (always run). A `Router` (routing/policy.py) over 10 card
-channels in CNY (different fee schedules, one with tiers and a minimum, one
-serving only UnionPay BINs), each with a full health window of outcomes, on the
-real clock. The timed call is `Router.decide(request)` alone, timed one by one
+channels in CNY (different fee schedules: three with tiers, three with a fixed
+part and a minimum; one channel serving only UnionPay BINs), each with a full
+health window of outcomes, on the real clock. The timed call is `Router.decide(request)` alone, timed one by one
 with `time.perf_counter_ns`, after a warm-up; between two timed decisions the
 payment is reported sent and its outcome recorded (untimed), so each decision
 sees a posterior that just changed, as in production. The requests cycle
@@ -20,9 +20,9 @@ on. Cases:
   posteriors, the textbook Thompson sampling a decision replaces;
 - `empty_call` (baseline): timing an empty function call, the timer's floor.
 
-Each case runs in several rounds and keeps the round with the lowest p99 (on a
-shared machine the best round is the least disturbed; every round's p99 is in
-the JSON). Target from issue 5: `decision_p99_us` (the p99 of
+Each case runs in several rounds, the cases taken in turn within a round, and
+keeps the round with the lowest p99 (on a shared machine the best round is the
+least disturbed; every round's p99 is printed and in the JSON). Target from issue 5: `decision_p99_us` (the p99 of
 `decision_10_channels` in microseconds) at most 50.
 
 Simulation (`--simulate`; see routing/simulation.py for the model): a day of
