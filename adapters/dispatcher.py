@@ -224,8 +224,15 @@ class FinancialGateway:
         succeeded = result.outcome in (Outcome.SUCCEEDED, Outcome.PENDING)
         self.router.record(channel, succeeded=succeeded, reason=result.reason,
                            latency_ms=(time.perf_counter() - started) * 1_000)
-        kind = "success" if succeeded else "payer_decline" if is_payer_decline(result.reason) else "channel_fault"
-        routing_metrics.OUTCOMES.labels(channel, kind).inc()
+        if succeeded:
+            kind, fault = "success", ""
+        elif is_payer_decline(result.reason):
+            kind, fault = "payer_decline", ""
+        else:
+            kind = "channel_fault"
+            fault = ("timeout" if "TIMEOUT" in result.reason else "unknown" if result.outcome is Outcome.UNKNOWN
+                     else "not_submitted" if result.outcome is Outcome.NOT_SUBMITTED else "declined_by_channel")
+        routing_metrics.OUTCOMES.labels(channel, kind, fault).inc()
 
     @staticmethod
     def _observe(channel: str, flow: str, result: ChannelResult, started: float) -> None:

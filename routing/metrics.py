@@ -36,8 +36,9 @@ DECISION_SECONDS = Histogram(
 OUTCOMES = Counter(
     "dualflow_routing_outcomes_total",
     "Answers the router learned from, by channel and kind: success, payer_decline (not the channel's "
-    "fault), channel_fault (timeouts, unknown, not submitted, 5xx, bad signatures)",
-    ["channel", "kind"])
+    "fault), channel_fault; for channel faults, which: timeout, unknown (no trustworthy answer), "
+    "not_submitted (refused connection), declined_by_channel (issuer down, 5xx, system error)",
+    ["channel", "kind", "fault"])
 CONFIG_CHANGES = Counter(
     "dualflow_routing_config_changes_total",
     "Routing configurations offered, by source (file, rpc) and result (applied, rejected, conflict)",

@@ -174,6 +174,9 @@ async def test_an_outage_moves_traffic_away_within_a_bound_and_recovery_brings_i
     decisions = REGISTRY.get_sample_value("dualflow_routing_decisions_total", {"channel": PSP, "reason": "FALLBACK"})
     assert decisions is not None and decisions >= 1
     assert REGISTRY.get_sample_value("dualflow_routing_breaker_state", {"channel": CARD}) == 0
+    refused = REGISTRY.get_sample_value("dualflow_routing_outcomes_total",
+                                        {"channel": CARD, "kind": "channel_fault", "fault": "not_submitted"})
+    assert refused is not None and refused >= 1, "the refused connections were learned as channel faults"
     assert 0 < REGISTRY.get_sample_value("dualflow_routing_estimated_success_ratio", {"channel": PSP}) <= 1
 
 
