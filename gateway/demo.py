@@ -11,11 +11,15 @@ own trouble (a refused connection, a lost reply, a decline, answers that come la
 and lifts it again. The smart router picks each payment's channel under a routing file written
 here (greedy in the morning, so each scripted scene meets its bank); at rush hour the operator
 switches it to Thompson sampling through the RoutingAdmin API and cuts the card bank off for one
-wave of card payments, and the router steers around the outage and back. In the evening it reads
-the books through the Ledger API as the back office, the routing decisions recorded on each
-payment, the router's channel health, the channel metrics from the platform's Prometheus registry
-and each mock bank's own book, prints it all as tables and stops, mock banks included (also on
-errors and Ctrl-C). It ends by itself in under twenty seconds and exits non-zero if a check fails.
+wave of card payments, and the router steers around the outage and back. One bank transfer gets
+every answer lost and its callback dropped, under a polling window of its own (a demo setting):
+the shop moves on, polling gives up, and at close of day the back office reconciles each
+channel's statement of today (the Reconciliation API), which settles it and posts the channels'
+fees. In the evening it reads the books through the Ledger API as the back office, the routing
+decisions recorded on each payment, the router's channel health, the channel metrics from the
+platform's Prometheus registry, each mock bank's own book and the day's reconciliation runs,
+prints it all as tables and stops, mock banks included (also on errors and Ctrl-C). It ends by
+itself in under twenty seconds and exits non-zero if a check fails.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +47,12 @@ from rich.table import Table
 
 from dualflow.adapters.dispatcher import object_id_of
 from dualflow.core.money import format_minor
-from dualflow.core.payments.accounts import Party, fee_account, holding_account, receivable_account
+from dualflow.core.payments.accounts import Party, channel_fee_account, fee_account, holding_account, \
+    receivable_account
 from dualflow.core.payments.model import Asset
 from dualflow.core.payments.procedures import PollTiming
-from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, routing_pb2, routing_pb2_grpc
+from dualflow.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, reconciliation_pb2, reconciliation_pb2_grpc, \
+    routing_pb2, routing_pb2_grpc
 
 from . import demo_shop
 from .config import generate_api_key, hash_api_key
@@ -105,6 +112,12 @@ PIPE_WIDTH = 160
 POLL_FIRST_NS = 1_000_000_000
 POLL_WINDOW_NS = 3600 * 10**9
 POLL_TICK_S = 0.05
+# The window of the one payment meant to outlast polling (a demo setting for one scene: in
+# production an hour); past it the platform stops asking and leaves it to reconciliation.
+SHORT_POLL_WINDOW_NS = 1_500_000_000
+# What each bank charges per payment, in basis points: what the sandbox's channel config tells the
+# platform's fee model (gateway/sandbox.py), so each statement's fees match it.
+FEE_BPS = {CARD: 55, PSP: 60, RAIL: 10}
 
 # Every bank answers, correctly and after a short moment (so the shop's watch sees PROCESSING first).
 FAIR: dict[str, Any] = {
@@ -112,6 +125,12 @@ FAIR: dict[str, Any] = {
     "lost_reply_rate": 0.0, "late_reply_ms": 0, "pending_rate": 0.0, "duplicate_callback_rate": 0.0,
     "bad_signature_rate": 0.0, "outage": False,
 }
+
+
+def fair_profile(bank: str) -> dict[str, Any]:
+    """FAIR for one bank, with its contracted fee; the PSP and the rail also deliver every callback
+    (the card bank has none)."""
+    return {**FAIR, "fee_bps": FEE_BPS[bank], **({"callback_drop_rate": 0.0} if bank != CARD else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,9 @@ class Fault:
     banks: Mapping[str, Mapping[str, Any]]
     lift_once_booked: bool = False
     lifted: str = ""  # what to say when it is lifted, if not "back to fair weather"
+    # A polling window of its own for this top-up's payment (0: the platform's); the fault stays
+    # until that window has closed (polling gave up on it).
+    poll_window_ns: int = 0
 
 
 # By trade order (demo_shop.TOP_UPS): one kind of trouble each.
@@ -138,6 +160,12 @@ FAULTS: dict[str, Fault] = {
     "TOPUP-carol": Fault(f"{CARD} declines the next card", {CARD: {"decline_rate": 1.0}}),
     "TOPUP-carol-2": Fault(f"{RAIL} accepts the transfer and settles it later, by callback",
                            {RAIL: {"pending_rate": 1.0, "settle_after_ms": 300}}),
+    "TOPUP-carol-3": Fault(f"{RAIL} settles the transfer, but every answer to the platform is lost and its callback "
+                           f"is dropped; the platform polls it for {SHORT_POLL_WINDOW_NS / 1e9:g} s (a demo window)",
+                           {RAIL: {"lost_reply_rate": 1.0, "callback_drop_rate": 1.0}},
+                           lifted=f"the platform's polling window closed on it (UNKNOWN, left to reconciliation); "
+                                  f"{RAIL} answers again",
+                           poll_window_ns=SHORT_POLL_WINDOW_NS),
 }
 
 
@@ -170,20 +198,29 @@ def _gauge(name: str, channel: str) -> float | None:
 
 
 class SandboxOperator:
-    """demo_shop.BankWeather over the sandbox: FAULTS through each mock bank's admin endpoint."""
+    """demo_shop.BankWeather over the sandbox: FAULTS through each mock bank's admin endpoint; and
+    the platform's back office, which steers the router and reconciles the day."""
 
-    def __init__(self, sandbox: Sandbox, say: Say) -> None:
+    def __init__(self, sandbox: Sandbox, say: Say, platform: Platform | None = None) -> None:
         self.sandbox = sandbox
         self.say = say
+        self.platform = platform  # in this process: a scene may give one payment its own polling window
         self._lifted: set[str] = set()
         self._lifting: dict[str, asyncio.Task[None]] = {}
+        self._payment_ids: dict[str, str] = {}  # trade order -> payment id, as the shop's watch showed it
         self.admin: routing_pb2_grpc.RoutingAdminStub | None = None
+        self.recon: reconciliation_pb2_grpc.ReconciliationStub | None = None
         self._office: tuple[tuple[str, str], ...] = ()
         self.versions: tuple[int, int] = (0, 0)  # the routing configuration before and after rush hour
+        self.runs: dict[str, reconciliation_pb2.ReconciliationRun] = {}  # close of day, by channel
+        self.discrepancies: list[reconciliation_pb2.ReconciliationDiscrepancy] = []
+        self._polls: PollTiming | None = None
 
     def steer(self, channel: grpc.aio.Channel, office_key: str) -> None:
-        """The router's controls: RoutingAdmin with the back office's key (routing.manage)."""
+        """The back office's controls, with its key: RoutingAdmin (routing.manage) and
+        Reconciliation (reconciliation.manage)."""
         self.admin = routing_pb2_grpc.RoutingAdminStub(channel)
+        self.recon = reconciliation_pb2_grpc.ReconciliationStub(channel)
         self._office = (("authorization", f"Bearer {office_key}"),)
 
     async def _set(self, bank: str, changes: Mapping[str, Any]) -> None:
@@ -191,13 +228,17 @@ class SandboxOperator:
 
     async def fair(self) -> None:
         for bank in self.sandbox.banks:
-            await self._set(bank, FAIR)
+            await self._set(bank, fair_profile(bank))
 
     async def before(self, top_up: TopUpSpec) -> None:
         fault = FAULTS.get(top_up.trade_order_id)
         if fault is None:
             return
         self.say(f"sandbox: {fault.what}")
+        if fault.poll_window_ns and self.platform is not None:
+            # Read when the payment moves to PROCESSING, which fixes its window; restored in after().
+            self._polls = self.platform.payments.polls
+            self.platform.payments.polls = PollTiming(first_ns=self._polls.first_ns, window_ns=fault.poll_window_ns)
         for bank, changes in fault.banks.items():
             await self._set(bank, changes)
             if changes.get("outage") and bank == CARD:
@@ -213,6 +254,7 @@ class SandboxOperator:
             await asyncio.sleep(0.01)
 
     async def seen(self, top_up: TopUpSpec, payment: payments_pb2.Payment) -> None:
+        self._payment_ids[top_up.trade_order_id] = payment.payment_id
         fault = FAULTS.get(top_up.trade_order_id)
         if fault is not None and fault.lift_once_booked and top_up.trade_order_id not in self._lifting:
             # In the background: the shop's watch goes on meanwhile.
@@ -238,7 +280,41 @@ class SandboxOperator:
         if lifting is not None:
             lifting.cancel()
             await asyncio.gather(lifting, return_exceptions=True)
+        if fault.poll_window_ns and self.platform is not None:
+            await self._window_closed(self._payment_ids.get(top_up.trade_order_id, ""))
+            if self._polls is not None:
+                self.platform.payments.polls, self._polls = self._polls, None
         await self._lift(top_up, fault)
+
+    async def _window_closed(self, payment_id: str, timeout_s: float = 8.0) -> None:
+        """Wait until the platform no longer polls the payment (its row in channel_polls is gone)."""
+        assert self.platform is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if not await self.platform.ledger.query("SELECT 1 FROM channel_polls WHERE object_id = ?", (payment_id,)):
+                return
+            await asyncio.sleep(0.05)
+
+    async def close_of_day(self) -> None:
+        """The back office reconciles each channel's statement of today (RunReconciliation), then
+        asks what is left for a person (ListDiscrepancies)."""
+        assert self.recon is not None
+        today = datetime.now(timezone.utc).date().isoformat()
+        self.say(f"back office: each channel's statement of today ({today}) against our payments "
+                 "(Reconciliation.RunReconciliation)")
+        for name in CHANNELS:
+            run = await self.recon.RunReconciliation(reconciliation_pb2.RunReconciliationRequest(
+                channel=name, business_date=today), metadata=self._office, timeout=60)
+            self.runs[name] = run
+            counts = ", ".join(f"{_class_name(c.match_class)} {c.lines}" for c in run.counts if c.lines)
+            resolved = f"; {run.auto_resolved} payment settled by it" if run.auto_resolved else ""
+            self.say(f"{name}: {reconciliation_pb2.RunState.Name(run.state).removeprefix('RUN_STATE_').lower()}, "
+                     f"{run.lines} statement lines ({counts or 'none'}){resolved}")
+        found = await self.recon.ListDiscrepancies(reconciliation_pb2.ListDiscrepanciesRequest(),
+                                                   metadata=self._office, timeout=10)
+        self.discrepancies = list(found.discrepancies)
+        self.say(f"{len(self.discrepancies)} discrepancies left for a person (ListDiscrepancies)")
 
     async def before_wave(self, wave: int) -> None:
         if wave == 0:
@@ -256,7 +332,7 @@ class SandboxOperator:
     async def after_wave(self, wave: int) -> None:
         spec = WAVES[wave]
         for bank, changes in spec.banks.items():
-            await self._set(bank, {k: FAIR[k] for k in changes if k in FAIR})
+            await self._set(bank, {k: v for k, v in fair_profile(bank).items() if k in changes})
         if spec.banks:
             self.say(f"sandbox: {', '.join(spec.banks)} back to fair weather")
 
@@ -298,8 +374,12 @@ class SandboxOperator:
             return
         self._lifted.add(top_up.trade_order_id)
         for bank, changes in fault.banks.items():
-            await self._set(bank, {k: FAIR[k] for k in changes if k in FAIR})
+            await self._set(bank, {k: v for k, v in fair_profile(bank).items() if k in changes})
         self.say(f"sandbox: {fault.lifted or ', '.join(fault.banks) + ' back to fair weather'}")
+
+
+def _class_name(cls: int) -> str:
+    return reconciliation_pb2.ReconciliationClass.Name(cls).removeprefix("RECONCILIATION_CLASS_")
 
 
 def _breaker_name(state: int) -> str:
@@ -335,13 +415,15 @@ api_key_sha256 = "{hash_api_key(shop_key)}"
 merchants = [{ids}]
 permissions = ["payments.write", "payments.read", "events.read", "cards.tokenize"]
 
-# The business's back office reads the ledger (settlement, fees) and steers the router (which
-# channels may carry payments, and how); it cannot move money.
+# The business's back office reads the ledger (settlement, fees), steers the router (which
+# channels may carry payments, and how) and reconciles the channels' statements; it cannot move
+# money itself (reconciliation settles only what a statement proves).
 [[callers]]
 name = "back-office"
 api_key_sha256 = "{hash_api_key(office_key)}"
 merchants = ["*"]
-permissions = ["ledger.read", "payments.read", "routing.read", "routing.manage"]
+permissions = ["ledger.read", "payments.read", "routing.read", "routing.manage", "reconciliation.read",
+               "reconciliation.manage"]
 
 {channels_toml}
 """)
@@ -369,6 +451,8 @@ def ledger_accounts(channel_names: Sequence[str]) -> list[tuple[str, int]]:
     named.append(("platform fees", fee_account(CNY).id))
     for name in channel_names:
         named.append((f"receivable from {name}", receivable_account(name, CNY).id))
+    for name in channel_names:
+        named.append((f"fees charged by {name}", channel_fee_account(name, CNY).id))
     return named
 
 
@@ -763,6 +847,50 @@ def _print_tables(console: Console, day: Day, ledger: list[LedgerLine], attempts
     return verdicts
 
 
+def _print_reconciliation(console: Console, operator: SandboxOperator) -> None:
+    table = Table(title="Close of day: each channel's statement against our payments (RunReconciliation, "
+                        "back-office key)",
+                  caption="lines: the statement's · ours: our payments and refunds on the channel that day\n"
+                          "settled: payments still open (UNKNOWN, PROCESSING) that the statement proved final, moved "
+                          "through the state machine\nfees: what the channel charged (lines posted from its "
+                          "receivable to its fee expense) · open: discrepancies left for a person")
+    for col in ("channel", "run", "state", "lines", "ours", "classes", "settled", "fees (posted)", "open"):
+        table.add_column(col, justify="right" if col in ("lines", "ours", "settled", "open") else "left")
+    open_by_channel = Counter(d.channel for d in operator.discrepancies)
+    for name, run in operator.runs.items():
+        classes = ", ".join(f"{_class_name(c.match_class)} {c.lines or c.instructions}" for c in run.counts)
+        fees = "; ".join(f"{format_minor(f.fee_minor, f.currency)} ({f.posted_now}/{f.lines})" for f in run.fees)
+        table.add_row(name, run.run_id, reconciliation_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
+                      str(run.lines), str(run.instructions), classes, str(run.auto_resolved), fees,
+                      str(open_by_channel[name]))
+    console.print(table)
+
+
+def _resolved_by_reconciliation(day: Day, operator: SandboxOperator) -> bool:
+    t = _top_up(day, "TOPUP-carol-3")
+    run = operator.runs.get(RAIL)
+    paid = next((p for p in day.payments if t is not None and p.payment_id == t.payment_id), None)
+    return (t is not None and run is not None and paid is not None and t.channel == RAIL
+            and [c.status for c in t.timeline][-2:] == ["UNKNOWN", "SUCCEEDED"]
+            and paid.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED and run.auto_resolved == 1
+            and paid.metadata.get("status_note") == f"resolved by reconciliation {run.run_id}")
+
+
+def _reconciled_clean(operator: SandboxOperator) -> bool:
+    runs = operator.runs
+    if set(runs) != set(CHANNELS) or operator.discrepancies:
+        return False
+    for name, run in runs.items():
+        classes = {_class_name(c.match_class): c.lines for c in run.counts}
+        settled = {"STATUS_MISMATCH": run.auto_resolved} if run.auto_resolved else {}
+        if run.state != reconciliation_pb2.RUN_STATE_COMPLETED or set(classes) - {"MATCHED"} != set(settled) \
+                or any(classes[k] != v for k, v in settled.items()):
+            return False
+        if any(f.posted_now != f.lines for f in run.fees):
+            return False
+    return True
+
+
 def _top_up(day: Day, trade_order_id: str) -> TopUp | None:
     return next((t for t in day.top_ups if t.trade_order_id == trade_order_id), None)
 
@@ -822,6 +950,7 @@ async def run_demo(console: Console | None = None) -> int:
                                              callback_port=sandbox.callback_port, grace_s=2))
             platform.payments.polls = PollTiming(first_ns=POLL_FIRST_NS, window_ns=POLL_WINDOW_NS)
             platform.payments.poll_tick_s = POLL_TICK_S
+            operator.platform = platform
             metrics_before, routing_before = channel_metrics(), routing_counts()
             await platform.start()
             try:
@@ -860,6 +989,7 @@ async def run_demo(console: Console | None = None) -> int:
 
     console.print()
     verdicts = _print_tables(console, day, ledger, attempts, channels, books, wave_rows(day), health, routing_after)
+    _print_reconciliation(console, operator)
     decided: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
     for (kind, name, reason), n in routing_after.items():
@@ -883,6 +1013,10 @@ async def run_demo(console: Console | None = None) -> int:
         f"the {CARD} outage: it carried none of the wave; tried {tried} (at most {OUTAGE_TRIES_MAX}) before the "
         f"router steered around it": carried_in_outage == 0 and tried_in_outage <= OUTAGE_TRIES_MAX,
         "the banks' books agree with our payments, instruction by instruction": all(b.agrees for b in books),
+        f"an UNKNOWN past its polling window (carol's second transfer): SUCCEEDED by {RAIL}'s statement, "
+        "resolved by reconciliation": _resolved_by_reconciliation(day, operator),
+        "close of day: every statement line MATCHED or settled by reconciliation, each fee as contracted and "
+        "posted, nothing left for a person": _reconciled_clean(operator),
         "a retried order returned the same payment (idempotency)": day.idempotent_ok,
         "a refund above what is left was refused (REFUND_EXCEEDS_CAPTURED)": day.over_refund_refused,
         "every final state and refund arrived as an event": day.events_complete,
@@ -920,6 +1054,8 @@ def main() -> int:
     # the adapters' own warnings about them would only repeat it on stderr.
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         logging.getLogger("dualflow.adapters").setLevel(logging.ERROR)
+        # Likewise the payment service's note that polling gave one payment up to reconciliation.
+        logging.getLogger("dualflow.core.payments.service").setLevel(logging.ERROR)
     try:
         return asyncio.run(_run_until_signalled())
     except KeyboardInterrupt:

@@ -3,7 +3,8 @@
 Two storefronts of one business (a tea house and a bookshop) serve three customers. The shop
 knows dualflow only through the PaymentGateway gRPC API, the generated stubs and its API key:
 customers top their wallets up by card (tokenized first; the shop never keeps a card number) or
-by bank transfer, and follow each top-up with WatchPayment until the bank has answered; the tea
+by bank transfer, and follow each top-up with WatchPayment until the bank has answered (or the
+shop's patience ends: it sees how that one ended in the evening); the tea
 house grants loyalty points, trade orders become payment orders paid from the wallet or with
 points, one order is retried with the same request_id, one is partly refunded, the tea house's
 rush hour brings waves of walk-in guests paying by card a few at a time, and an event consumer
@@ -12,9 +13,10 @@ to a `say` callback (the demo prints it as it happens) and the day's facts come 
 for the caller to show.
 
 The banks behind the platform are not the shop's business. The one hook that knows of them is
-`BankWeather`, called around each top-up and each wave of the rush hour: the demo uses it to
-give each its own trouble at the (mock) bank and to steer the router, the way a sandbox
-operator would; a real shop passes nothing.
+`BankWeather`, called around each top-up and each wave of the rush hour, and at close of day: the
+demo uses it to give each its own trouble at the (mock) bank, to steer the router and to reconcile
+the day, the way a sandbox operator and the platform's back office would; a real shop passes
+nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ class BankWeather(Protocol):
 
     async def after_wave(self, wave: int) -> None: ...
 
+    async def close_of_day(self) -> None:
+        """After the rush hour, before the shop's evening: the platform's back office closes the
+        day (the demo reconciles each channel's statement, which may settle a payment the shop
+        left UNKNOWN). A real shop's platform does it without telling the shop."""
+        ...
+
 
 class FairWeather:
     """No trouble at the banks (and nothing to do with them)."""
@@ -81,6 +89,9 @@ class FairWeather:
         return None
 
     async def after_wave(self, wave: int) -> None:
+        return None
+
+    async def close_of_day(self) -> None:
         return None
 
 
@@ -110,6 +121,9 @@ class TopUpSpec:
     user_id: str
     amount: int
     by: int  # pb.ASSET_BANK_CARD or pb.ASSET_BANK_TRANSFER
+    # How long the shop follows the top-up (WatchPayment) before it moves on; the platform goes on
+    # following it up, and the shop hears of it by its events.
+    patience_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,8 @@ TOP_UPS: tuple[TopUpSpec, ...] = (
     TopUpSpec("TOPUP-carol", "carol", 200_00, pb.ASSET_BANK_CARD),
     # Her card was declined: she sends a little by bank transfer instead (not enough for her novel).
     TopUpSpec("TOPUP-carol-2", "carol", 50_00, pb.ASSET_BANK_TRANSFER),
+    # And a bigger one; the shop will not wait at the counter for a bank that does not answer.
+    TopUpSpec("TOPUP-carol-3", "carol", 120_00, pb.ASSET_BANK_TRANSFER, patience_s=2.0),
 )
 ORDERS: tuple[OrderSpec, ...] = (
     OrderSpec("T-1001", "tea-house", "alice", pb.ASSET_WALLET, 168_00, "Longjing tea, 250 g"),
@@ -230,6 +246,7 @@ class TopUp:
     amount: int
     payment_id: str = ""
     timeline: list[Change] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() when the shop asked for it
 
     @property
     def channel(self) -> str:
@@ -357,8 +374,8 @@ class Shop:
             bank_code, last4, holder = customer.bank_account
             account = pb.BankAccountRef(bank_code=bank_code, account_last4=last4, holder_name=holder)
             method, paid_with = pb.PaymentMethod(bank_account=account), masked_account(account)
-        top_up = TopUp(spec.trade_order_id, spec.user_id, paid_with, spec.amount)
         started = time.monotonic()
+        top_up = TopUp(spec.trade_order_id, spec.user_id, paid_with, spec.amount, started=started)
         # A top-up: the user pays themselves; the money lands in their wallet once the bank confirms.
         created = await self.stub.CreatePayment(pb.CreatePaymentRequest(
             request_id=f"topup-{spec.trade_order_id}", merchant_id=WALLET_MERCHANT,
@@ -389,10 +406,16 @@ class Shop:
 
         await seen(created)
         # WatchPayment answers the payment now, then each change, and ends at a final state.
-        async with asyncio.timeout(CALL_TIMEOUT_S):
-            async for p in self.stub.WatchPayment(pb.WatchPaymentRequest(payment_id=created.payment_id),
-                                                  metadata=self.metadata):
-                await seen(p)
+        try:
+            async with asyncio.timeout(min(spec.patience_s, CALL_TIMEOUT_S)):
+                async for p in self.stub.WatchPayment(pb.WatchPaymentRequest(payment_id=created.payment_id),
+                                                      metadata=self.metadata):
+                    await seen(p)
+        except TimeoutError:
+            if spec.patience_s >= CALL_TIMEOUT_S:
+                raise
+            self.say(f"{what}: still {top_up.status} after {spec.patience_s:g} s; the shop moves on (its event "
+                     "will tell)")
         return top_up
 
     async def pay_by_card(self, order: RushOrder) -> pb.Payment:
@@ -545,9 +568,20 @@ async def play_day(channel: grpc.aio.Channel, api_key: str, say: Say, weather: B
             carried = ", ".join(f"{name} {n}" for name, n in sorted(Counter(p.channel for p in paid).items()))
             say(f"wave {wave + 1}: {len(paid)} card payments, {ok} SUCCEEDED in {took_s:.2f} s (carried by {carried})")
 
+        await shop.weather.close_of_day()
+
         say("Evening: the books, and the event stream the shop followed all day", heading=True)
         # Evening: the books. Every payment order as the platform has it now (ListPayments).
         day.payments = await shop.all_payments(merchant_ids)
+        # A top-up the shop stopped watching before it ended: how it ended, as the platform has it.
+        for t in day.top_ups:
+            p = next(x for x in day.payments if x.payment_id == t.payment_id)
+            if status_name(p.status) != t.status:
+                t.timeline.append(Change(time.monotonic() - t.started, status_name(p.status), p.failure_reason,
+                                         p.channel))
+                note = p.metadata.get("status_note", "")
+                say(f"{t.user_id:<6} top-up {money(t.amount)} by {t.paid_with}: {status_name(p.status)}"
+                    + (f" ({note})" if note else ""))
         for user_id in customers:
             day.balances[user_id] = {asset_name(a): await shop.balance(user_id, a)
                                      for a in (pb.ASSET_WALLET, pb.ASSET_POINTS)}

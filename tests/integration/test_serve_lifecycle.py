@@ -216,6 +216,7 @@ DEMO_ORDERS = {
     "TOPUP-bob": ("SUCCEEDED", ""),  # the card bank's reply was lost: UNKNOWN, resolved by polling
     "TOPUP-carol": ("FAILED", "CARD_DECLINED"),
     "TOPUP-carol-2": ("SUCCEEDED", ""),  # by bank transfer, settled by the rail's callback
+    "TOPUP-carol-3": ("SUCCEEDED", ""),  # every answer lost: UNKNOWN past its window, settled by the statement
     "PTS-alice": ("SUCCEEDED", ""),
     "PTS-bob": ("SUCCEEDED", ""),
     "PTS-carol": ("SUCCEEDED", ""),
@@ -242,15 +243,15 @@ DEMO_CHANNELS = {
                  "pending": "0", "unknown": "1", "never sent": "1", "callbacks": "0"},
     "wallet-psp": {"payments": "1", "succeeded": "1", "failed": "0", "unknown→resolved": "0", "sent: final": "0",
                    "pending": "1", "unknown": "0", "never sent": "0", "polls: final": "0"},
-    "bank-rail": {"payments": "1", "succeeded": "1", "failed": "0", "unknown→resolved": "0", "sent: final": "0",
-                  "pending": "1", "unknown": "0", "never sent": "0", "polls: final": "0"},
+    "bank-rail": {"payments": "2", "succeeded": "2", "failed": "0", "unknown→resolved": "1", "sent: final": "0",
+                  "pending": "1", "unknown": "1", "never sent": "0", "polls: final": "0"},
 }
 # Each bank's own book against our payments through it: pay lines (succeeded/failed), refunds, for
 # the morning (plus the rush hour's, from its table).
 DEMO_BOOKS = {
     "cardbank": ("2", "1/1", "0"),
     "wallet-psp": ("1", "1/0", "0"),
-    "bank-rail": ("1", "1/0", "0"),
+    "bank-rail": ("2", "2/0", "0"),
 }
 
 
@@ -350,6 +351,7 @@ def test_demo_plays_a_shop_and_balances() -> None:
         ("bob", "unionpay 620000******0005", "cardbank", "1"),
         ("carol", "mastercard 555555******4444", "cardbank", "1"),
         ("carol", "ICBC account ****6789", "bank-rail", "1"),
+        ("carol", "ICBC account ****6789", "bank-rail", "1"),  # the shop moved on; reconciliation settled it
     ], top_ups
     states = [t[4] for t in top_ups]
     # The move to the PSP shows as its own change where WatchPayment streams payment.rerouted, else
@@ -360,6 +362,13 @@ def test_demo_plays_a_shop_and_balances() -> None:
     assert re.fullmatch(r"CREATED → PROCESSING \S+ → UNKNOWN \S+ → SUCCEEDED \S+", states[1]), states
     assert re.fullmatch(r"CREATED → PROCESSING \S+ → FAILED \(CARD_DECLINED\) \S+", states[2]), states
     assert re.fullmatch(r"CREATED → PROCESSING \S+ → SUCCEEDED \S+", states[3]), states
+    # Every answer of the rail lost, its callback dropped: UNKNOWN when the shop moved on and when the
+    # polling window closed; SUCCEEDED by the rail's statement at close of day.
+    assert re.fullmatch(r"CREATED → PROCESSING \S+ → UNKNOWN \S+ → SUCCEEDED \S+", states[4]), states
+    assert re.search(r"carol +top-up 120\.00 CNY by ICBC account \*\*\*\*6789: still UNKNOWN after 2 s", out), out
+    resolved = re.search(r"carol +top-up 120\.00 CNY by ICBC account \*\*\*\*6789: SUCCEEDED \(resolved by "
+                         r"reconciliation (rcn_bank-rail_\d{4}-\d\d-\d\d_1)\)", out)
+    assert resolved is not None, out
 
     channels = {row["channel"]: row for row in _table(out, "channel", also="never sent")}
     assert set(channels) == set(DEMO_CHANNELS), channels
@@ -394,20 +403,36 @@ def test_demo_plays_a_shop_and_balances() -> None:
     assert "CARD_BIN 2" in router["wallet-psp"]["excluded from decisions"].split(", "), router
     fallbacks = [d for d in router["wallet-psp"]["decisions"].split(", ") if d.startswith("FALLBACK ")]
     assert fallbacks == [f"FALLBACK {1 + never['cardbank']}"], router
-    assert router["bank-rail"]["decisions"] == "ONLY_CANDIDATE 1", router
+    assert router["bank-rail"]["decisions"] == "ONLY_CANDIDATE 2", router
     chosen = Counter({c: sum(by_wave[(w, c)]["chosen"] for w in DEMO_RUSH_WAVES) for c in ("cardbank", "wallet-psp")})
     assert (f"Routing decisions all day (dualflow_routing_decisions_total): cardbank {3 + chosen['cardbank']}; "
             f"wallet-psp {chosen['wallet-psp'] + 1 + never['cardbank']} ({1 + never['cardbank']} as the fallback); "
-            f"bank-rail 1") in out, out
+            f"bank-rail 2") in out, out
 
     assert "the same payment pay_" in out
     assert "refused: FAILED_PRECONDITION REFUND_EXCEEDS_CAPTURED" in out
     wallets = {row["user"]: row["wallet"] for row in _table(out, "user")}
-    assert wallets == {"alice": "576.00 CNY", "bob": "340.00 CNY", "carol": "50.00 CNY"}
+    assert wallets == {"alice": "576.00 CNY", "bob": "340.00 CNY", "carol": "170.00 CNY"}
     events = {row["type"]: row["total"] for row in _table(out, "type")}
-    assert events["payment.unknown"] == "1" and events["payment.rerouted"] == str(1 + never["cardbank"]), events
-    assert events["payment.created"] == str(4 + len(DEMO_RUSH_WAVES) * DEMO_RUSH_WAVE_SIZE), events
+    assert events["payment.unknown"] == "2" and events["payment.rerouted"] == str(1 + never["cardbank"]), events
+    assert events["payment.created"] == str(5 + len(DEMO_RUSH_WAVES) * DEMO_RUSH_WAVE_SIZE), events
     assert events["refund.succeeded"] == "1", events
-    assert out.count("  ok   ") == 13 and "FAIL " not in out, out
+
+    # Close of day: each channel's statement reconciled; every line of ours MATCHED but the one it
+    # settled; every fee as contracted and posted; nothing left for a person.
+    recon = {row["channel"]: row for row in _table(out, "channel", also="settled")}
+    card_lines, psp_lines = 2 + carried["cardbank"], 1 + carried["wallet-psp"]  # bob, carol's decline; alice
+    assert {name: (row["run"], row["state"], row["lines"], row["ours"], row["classes"], row["settled"], row["open"])
+            for name, row in recon.items()} == {
+        "cardbank": (f"rcn_cardbank_{resolved[1][-12:-2]}_1", "COMPLETED", str(card_lines), str(card_lines),
+                     f"MATCHED {card_lines}", "0", "0"),
+        "wallet-psp": (f"rcn_wallet-psp_{resolved[1][-12:-2]}_1", "COMPLETED", str(psp_lines), str(psp_lines),
+                       f"MATCHED {psp_lines}", "0", "0"),
+        "bank-rail": (resolved[1], "COMPLETED", "2", "2", "MATCHED 1, STATUS_MISMATCH 1", "1", "0"),
+    }, recon
+    fee_lines = {"cardbank": card_lines - 1, "wallet-psp": psp_lines, "bank-rail": 2}  # a decline charges none
+    for name, row in recon.items():
+        assert row["fees (posted)"].endswith(f"CNY ({fee_lines[name]}/{fee_lines[name]})"), row
+    assert out.count("  ok   ") == 15 and "FAIL " not in out, out
     print(f"demo: {elapsed_s:.1f}s")
     assert elapsed_s < 30
