@@ -14,9 +14,11 @@ comparisons in Python's heapq.merge, and it does not depend on the database's or
 join needs our side in exactly the order Python compares strings; PostgreSQL's ORDER BY follows
 the database's collation (en_US.UTF-8 here, not byte order), so the two sides would disagree.
 
-Nothing is classified before the whole statement was consumed: a statement that raises
-StatementRejected on its last line has had nothing applied. Nothing here writes anywhere: the
-caller gets `Result`s (and a `Tally` of every class) and decides.
+Our side is read while the statement is consumed (the database works on its own thread), but
+nothing is classified before the whole statement was consumed: a statement that raises
+StatementRejected on its last line has had nothing applied (and our side's reading is
+cancelled). Nothing here writes anywhere: the caller gets `Result`s (and a `Tally` of every
+class) and decides.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dualflow.adapters.contract import StatementLine
+from dualflow.adapters.contract import Outcome, StatementLine
 
 from .model import MOVED, NOT_MOVED, Action, Class, Instruction, Line, Policy, Result, classify, unanswered
 
@@ -108,6 +110,17 @@ class Partitioned:
         if self._buffered >= FLUSH_ITEMS:
             self.flush()
 
+    def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """`add(row[0], row)` for each row, in one tight loop (the hot path: a page at a time)."""
+        buffers, counts, mask, salt = self._buffers, self.counts, self.mask, self.salt
+        for row in rows:
+            p = (hash(row[0]) if not salt else hash((salt, row[0]))) & mask
+            buffers[p].append(row)
+            counts[p] += 1
+        self._buffered += len(rows)
+        if self._buffered >= FLUSH_ITEMS:
+            self.flush()
+
     def flush(self) -> None:
         f = self._file
         f.seek(0, 2)  # a reader may have left the position anywhere
@@ -145,6 +158,39 @@ async def _consume(source: AsyncIterable[Any] | Iterable[Any], take: Callable[[A
             await asyncio.sleep(0)  # a long sync source must not starve the event loop
 
 
+LINE_BATCH = 4_096
+_SUCCEEDED, _FAILED = Outcome.SUCCEEDED, Outcome.FAILED
+
+
+async def _consume_lines(source: AsyncIterable[StatementLine] | Iterable[StatementLine],
+                         route: Callable[[list[tuple[Any, ...]]], None]) -> None:
+    """Statement lines as the engine's rows (numbered in the order they came), LINE_BATCH at a time.
+    Written out for each kind of source: this runs once per line."""
+    batch: list[tuple[Any, ...]] = []
+    add = batch.append
+    position = 0
+    if isinstance(source, AsyncIterable):
+        async for sl in source:
+            position += 1
+            st = sl.status
+            add((sl.instruction_id, sl.channel_reference, sl.kind, sl.amount, sl.currency,
+                 "SUCCEEDED" if st is _SUCCEEDED else "FAILED" if st is _FAILED else st.value, sl.fee, position))
+            if len(batch) >= LINE_BATCH:
+                route(batch)
+                batch.clear()
+    else:
+        for sl in source:
+            position += 1
+            st = sl.status
+            add((sl.instruction_id, sl.channel_reference, sl.kind, sl.amount, sl.currency,
+                 "SUCCEEDED" if st is _SUCCEEDED else "FAILED" if st is _FAILED else st.value, sl.fee, position))
+            if len(batch) >= LINE_BATCH:
+                route(batch)
+                batch.clear()
+                await asyncio.sleep(0)  # a long sync source must not starve the event loop
+    route(batch)
+
+
 async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine],
                     instructions: AsyncIterable[Instruction] | Iterable[Instruction], policy: Policy, *,
                     lookup: Lookup | None = None, tally: Tally | None = None,
@@ -162,22 +208,36 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
     ref_lines, ref_ours = Partitioned(), Partitioned()  # pass 2: by the channel's reference
     to_lookup = Partitioned(1)  # pass 3: line groups nobody of this day claims
     try:
-        position = 0
+        def route(rows: list[tuple[Any, ...]]) -> None:
+            keyed = [row for row in rows if row[0]]
+            theirs.add_rows(keyed)
+            if len(keyed) < len(rows):
+                for row in rows:
+                    if row[0]:
+                        continue
+                    if row[1]:  # a line without our id: by its reference only, on its own
+                        ref_lines.add(row[1], (row[1], [row]))
+                    else:
+                        to_lookup.add("", [row])
 
-        def line(sl: StatementLine) -> None:
-            nonlocal position
-            position += 1
-            row = (sl.instruction_id, sl.channel_reference, sl.kind, sl.amount, sl.currency, sl.status.value,
-                   sl.fee, position)
-            if sl.instruction_id:
-                theirs.add(sl.instruction_id, row)
-            elif sl.channel_reference:  # a line without our id: by its reference only, on its own
-                ref_lines.add(sl.channel_reference, (sl.channel_reference, [row]))
+        async def our_side() -> None:
+            pages = getattr(instructions, "pages", None)
+            if pages is not None:  # rows in Instruction's field order, a page at a time (ours.InstructionReader)
+                async for page in pages():
+                    ours.add_rows(page)
             else:
-                to_lookup.add("", [row])
+                await _consume(instructions, lambda ins: ours.add(ins.instruction_id, tuple(ins)))
 
-        await _consume(lines, line)
-        await _consume(instructions, lambda ins: ours.add(ins.instruction_id, tuple(ins)))
+        # Both sides at once: our side is mostly waiting for the database (on its reader thread),
+        # the statement mostly this thread's work. Nothing is joined before both are whole.
+        reading = asyncio.ensure_future(our_side())
+        try:
+            await _consume_lines(lines, route)
+        except BaseException:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            raise
+        await reading
         # Pass 1: by instruction id.
         sides = _Sides(ref_lines, ref_ours, to_lookup)
         for p in range(ours.partitions):

@@ -20,8 +20,8 @@ from dualflow.core.payments.model import Asset, BankAccount, CardInfo, Payment, 
 from dualflow.core.payments.records import PAYMENT_SCHEMA, SCHEDULE_POLL, UPSERT_PAYMENT, UPSERT_REFUND, \
     payment_body, payment_params, refund_params
 from dualflow.reconciliation.model import Action, Class, Result
-from dualflow.reconciliation.ours import _Decoder, _PAYMENT_KEYS, day_bounds_ns, lookup_instructions, \
-    read_instructions
+from dualflow.reconciliation.ours import _Decoder, _PAYMENT_KEYS, _payment_fields, day_bounds_ns, \
+    lookup_instructions, read_instructions
 from dualflow.reconciliation.runner import Reconciler
 from dualflow.reconciliation.store import BadResolution, DiscrepancyClosed, DiscrepancyNotFound, DiscrepancyService
 
@@ -50,7 +50,11 @@ def payment(n: int, status: PaymentStatus, amount: int = 1_000, channel: str = "
                    channel_reference=ref or f"R{n}", attempt=attempt)
 
 
-async def test_our_side_is_read_by_channel_and_day_with_refunds_and_polling_windows(db: LedgerService) -> None:
+@pytest.mark.parametrize("decoded_by", ["database", "python"])
+async def test_our_side_is_read_by_channel_and_day_with_refunds_and_polling_windows(
+        db: LedgerService, decoded_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if decoded_by == "python":  # a Database whose backend this code does not know: bodies read in Python
+        monkeypatch.setattr("dualflow.reconciliation.ours._backend", lambda _db: "")
     rows = [payment(1, PaymentStatus.SUCCEEDED), payment(2, PaymentStatus.UNKNOWN, attempt=2),
             payment(3, PaymentStatus.SUCCEEDED, channel="wallet-psp"),  # another channel
             payment(4, PaymentStatus.SUCCEEDED, created=END + 1),  # another day
@@ -76,11 +80,17 @@ def test_body_fields_cut_from_the_text_agree_with_json(amount: int, ref: str, te
                                                        channel: str) -> None:
     p = payment(1, PaymentStatus.SUCCEEDED, amount=amount, channel=channel, ref=ref or "R", attempt=attempt)
     p = p.__class__(**{**{f: getattr(p, f) for f in p.__slots__}, "description": text,  # type: ignore[attr-defined]
-                       "metadata": {"amount": text, "channel": text, '"attempt":': "1"},
+                       "metadata": {"amount": text, "channel": text, '"attempt":': "1", "channel_reference": text,
+                                    "created_at_ns": text, "currency": text},
                        "bank_account": BankAccount("B", "1234", text)})
     body = payment_body(p)
     full = json.loads(body)
     assert _Decoder().fields(body, _PAYMENT_KEYS) == {k: full[k] for k, _ in _PAYMENT_KEYS}
+    # The positional reader answers the same, or None (then the caller decodes in full).
+    fast = _payment_fields(body)
+    assert fast is None or fast == tuple(full[k] for k, _ in _PAYMENT_KEYS), (fast, body)
+    if "\\" not in body and '"' not in text + ref + channel:
+        assert fast is not None, body
 
 
 async def test_discrepancy_workflow(db: LedgerService) -> None:
