@@ -86,34 +86,70 @@ def _clear(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace) -> int:
     """Reconcile one channel and business day over the Reconciliation service; print the counts by
-    class, the fees, and the discrepancies of that day still waiting for a person."""
+    class, the fees, and the discrepancies of that day still waiting for a person; write the report
+    (reconciliation/report.py: a CSV of every result, an HTML summary) from the service's pages."""
     import os
     import time
+    from pathlib import Path
 
     import grpc
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from dualflow.core.money import format_minor
+    from dualflow.reconciliation import report
     from dualflow.v1 import reconciliation_pb2 as pb
     from dualflow.v1 import reconciliation_pb2_grpc
+
+    directory = Path(args.report) if args.report else None
+    written: list[Path] = []
 
     async def call() -> tuple[pb.ReconciliationRun, list[pb.ReconciliationDiscrepancy]]:
         key = args.api_key or os.environ.get("DUALFLOW_API_KEY", "")
         metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         async with grpc.aio.insecure_channel(args.target) as channel:
             stub = reconciliation_pb2_grpc.ReconciliationStub(channel)
-            run = await stub.RunReconciliation(pb.RunReconciliationRequest(
-                channel=args.channel, business_date=args.date, force=args.force), metadata=metadata, timeout=600)
-            found: list[pb.ReconciliationDiscrepancy] = []
-            token = ""
-            while True:
-                page = await stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(
-                    channel=args.channel, page_size=1000, page_token=token), metadata=metadata, timeout=60)
-                found += [d for d in page.discrepancies if d.business_date == args.date]
-                token = page.next_page_token
-                if not token:
+            with progress:
+                # The run is one call (the server streams the statement and classifies it): its phase
+                # shows as a spinner; the report's pages as a bar against the run's result count.
+                running = progress.add_task(f"reconciling {args.channel} {args.date}", total=None)
+                run = await stub.RunReconciliation(pb.RunReconciliationRequest(
+                    channel=args.channel, business_date=args.date, force=args.force), metadata=metadata,
+                    timeout=600)
+                progress.update(running, total=1, completed=1)
+                found: list[pb.ReconciliationDiscrepancy] = []
+                token = ""
+                while True:
+                    page = await stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(
+                        channel=args.channel, page_size=1000, page_token=token), metadata=metadata, timeout=60)
+                    found += [d for d in page.discrepancies if d.business_date == args.date]
+                    token = page.next_page_token
+                    if not token:
+                        break
+                if directory is None:
                     return run, found
+                directory.mkdir(parents=True, exist_ok=True)
+                csv_path, html_path = report.paths(directory, args.channel, args.date)
+                fetching = progress.add_task("fetching the report's results", total=run.results)
+                tmp = csv_path.with_name(csv_path.name + ".tmp")
+                with tmp.open("w", encoding="utf-8", newline="") as out:
+                    writer = report.CsvWriter(out, pb)
+                    token = ""
+                    while True:
+                        page = await stub.ListRunResults(pb.ListRunResultsRequest(
+                            run_id=run.run_id, page_size=5000, page_token=token), metadata=metadata, timeout=60)
+                        writer.write(page.results)
+                        progress.update(fetching, total=page.total, advance=len(page.results))
+                        token = page.next_page_token
+                        if not token:
+                            break
+                tmp.replace(csv_path)
+                report.write_html(html_path, report.html_summary(pb, run, found, csv_path.name, writer.rows))
+                written.extend((csv_path, html_path))
+                return run, found
 
     try:
         run, found = asyncio.run(call())
@@ -153,6 +189,8 @@ def _reconcile(args: argparse.Namespace) -> int:
             out.print(table)
     if not found and run.state == pb.RUN_STATE_COMPLETED:
         out.print("no discrepancy of that day is waiting for a person")
+    for path in written:
+        out.print(f"report: {path}")
     return 0 if run.state == pb.RUN_STATE_COMPLETED else 1
 
 
@@ -218,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--target", default="127.0.0.1:50051", help="the server's HOST:PORT")
     reconcile.add_argument("--api-key", default=None, help="a key with reconciliation.manage "
                                                            "(default: $DUALFLOW_API_KEY)")
+    reconcile.add_argument("--report", default="reconciliation-reports", metavar="DIR",
+                           help="write recon-<channel>-<date>.csv (every result) and .html (the summary) here "
+                                "(default: ./reconciliation-reports; '' writes none)")
     reconcile.set_defaults(run=_reconcile)
 
     mock = sub.add_parser("mock-bank", help="run a mock bank or PSP server (loopback; see mock_banks/launcher.py)",

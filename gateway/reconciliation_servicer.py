@@ -12,7 +12,7 @@ from dualflow.core.errors import FieldViolation, InvalidRequest
 from dualflow.reconciliation.model import Class
 from dualflow.reconciliation.runner import RunReport
 from dualflow.reconciliation.service import ReconciliationService
-from dualflow.reconciliation.store import Discrepancy
+from dualflow.reconciliation.store import Discrepancy, ResultRow
 from dualflow.v1 import reconciliation_pb2 as pb
 from dualflow.v1 import reconciliation_pb2_grpc
 
@@ -46,7 +46,7 @@ def run_to_pb(report: RunReport) -> pb.ReconciliationRun:
         state=_RUN_STATE.get(r.state, pb.RUN_STATE_UNSPECIFIED), started_at_ns=r.started_at_ns,
         finished_at_ns=r.finished_at_ns, lines=r.lines, instructions=r.instructions, error_reason=r.error_reason,
         error_line=r.error_line, detail=r.detail, counts=counts, auto_resolved=report.applied,
-        auto_refused=report.refused, replayed=report.replayed,
+        auto_refused=report.refused, replayed=report.replayed, results=report.results,
         fees=[pb.FeeTotal(currency=c, lines=n, fee_minor=f, posted_now=p)
               for c, (n, f, p) in sorted(report.fees.items())])
 
@@ -114,3 +114,19 @@ class ReconciliationServicer(reconciliation_pb2_grpc.ReconciliationServicer):
         return pb.GetDiscrepancyHistoryResponse(
             discrepancy=discrepancy_to_pb(found),
             events=[pb.DiscrepancyEvent(version=v, at_ns=t, actor=a, event=e, detail=x) for v, t, a, e, x in events])
+
+    async def ListRunResults(self, request: pb.ListRunResultsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListRunResultsResponse:
+        rows, token, total = await self.service.list_results(request.run_id, page_size=request.page_size,
+                                                            page_token=request.page_token)
+        return pb.ListRunResultsResponse(results=[result_to_pb(r) for r in rows], next_page_token=token, total=total)
+
+
+def result_to_pb(r: ResultRow) -> pb.RunResult:
+    return pb.RunResult(
+        position=r.position, match_class=_CLASS.get(r.cls, pb.RECONCILIATION_CLASS_UNSPECIFIED), action=r.action,
+        instruction_id=r.instruction_id, channel_reference=r.channel_reference, kind=r.kind, object_id=r.object_id,
+        has_ours=r.has_ours, our_amount_minor=r.our_amount_minor, our_currency=r.our_currency,
+        our_status=r.our_status, has_theirs=r.has_theirs, their_amount_minor=r.their_amount_minor,
+        their_currency=r.their_currency, their_status=r.their_status, their_fee_minor=r.their_fee_minor,
+        line_count=r.line_count, discrepancy_id=r.discrepancy_id, detail=r.detail)

@@ -32,9 +32,9 @@ from dualflow.core.database import Database
 
 from . import metrics
 from .engine import Partitioned, Tally, reconcile
-from .model import Action, FeeFor, Instruction, Policy, Result
+from .model import Action, Class, FeeFor, Instruction, Policy, Result
 from .ours import day_bounds_ns, fee_model, lookup_instructions, read_instructions
-from .store import ReconciliationStore, Run
+from .store import ReconciliationStore, Run, result_row
 
 DAY_NS = 24 * 3600 * 10**9
 
@@ -78,6 +78,7 @@ class RunReport:
     refused: int  # ... it declined (moved meanwhile)
     fees: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # currency: (lines, fee total, posted now)
     replayed: bool = False  # answered from an earlier completed run; nothing ran now
+    results: int = 0  # results kept for the report (keep_results)
 
 
 class _FeeTap:
@@ -103,8 +104,9 @@ class _FeeTap:
 
 class Reconciler:
     def __init__(self, db: Database, *, resolver: Resolver | None = None, fees: FeePoster | None = None,
-                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns, keep_results: bool = False) -> None:
         self.db = db
+        self.keep_results = keep_results  # every result kept in recon_lines, for the report
         self.store = ReconciliationStore(db, clock_ns)
         self.resolver = resolver
         self.fees = fees
@@ -141,14 +143,25 @@ class Reconciler:
         policy = Policy(cutoff_ns=end if cutoff_ns is None else cutoff_ns, now_ns=self.clock_ns(), sla_ns=self.sla_ns,
                         fee_for=fee_for if fee_for is not None else fee_model(adapter.describe().fees))
         tally = Tally()
+        kept_before = 0
         automatic: list[Result] = []
         pending: list[Result] = []
+        kept: list[tuple[Any, ...]] = []
+        keep = self.keep_results
         tap = _FeeTap()
         try:
             async for r in reconcile(tap.lines(adapter.fetch_statement(business_date)),
                                      self._ours(channel, business_date), policy,
                                      lookup=lambda ids: lookup_instructions(self.db, channel, ids), tally=tally,
-                                     emit_matched=False):
+                                     emit_matched=keep):
+                if keep:
+                    kept.append(result_row(channel, len(kept) + 1 + kept_before, r))
+                    if len(kept) >= 500:
+                        await self.store.record_results(run, kept)
+                        kept_before += len(kept)
+                        kept = []
+                    if r.cls is Class.MATCHED and r.action is Action.NONE:
+                        continue  # what emit_matched=False would not have yielded: counted, nothing to do
                 pending.append(r)
                 if r.action.automatic:
                     automatic.append(r)
@@ -158,6 +171,7 @@ class Reconciler:
                 if on_progress is not None:
                     on_progress(1)
             await self.store.record(run, pending, policy)
+            await self.store.record_results(run, kept)
         except StatementRejected as exc:
             tap.spool.close()
             done = await self.store.finish_run(run, "rejected", error_reason=exc.reason, error_line=exc.line_number,
@@ -187,7 +201,8 @@ class Reconciler:
             tap.spool.close()
         done = await self.store.finish_run(run, "completed", tally, lines=sum(tally.lines.values()),
                                            instructions=sum(tally.instructions.values()))
-        return RunReport(done, await self.store.counts(done.run_id), applied, refused, fees)
+        return RunReport(done, await self.store.counts(done.run_id), applied, refused, fees,
+                         results=kept_before + len(kept))
 
     async def _post_fees(self, run: Run, tap: _FeeTap) -> dict[str, tuple[int, int, int]]:
         posted: Mapping[str, int] = {}

@@ -29,12 +29,14 @@ from dualflow.core.errors import FieldViolation, InvalidRequest, Unavailable
 from . import metrics
 from .model import Class, FeeFor
 from .runner import DAY_NS, FeePoster, Reconciler, Resolver, RunReport
-from .store import RESOLUTION_ACTIONS, Discrepancy, DiscrepancyService, Run
+from .store import RESOLUTION_ACTIONS, Discrepancy, DiscrepancyService, ResultRow, Run
 
 log = logging.getLogger(__name__)
 
 PAGE_MAX: Final = 1000
 PAGE_DEFAULT: Final = 100
+RESULTS_PAGE_MAX: Final = 5000
+RESULTS_PAGE_DEFAULT: Final = 1000
 ASSIGNEE_MAX: Final = 128
 REASON_MAX: Final = 500
 STATUSES: Final = ("open", "assigned", "resolved")
@@ -78,7 +80,8 @@ class ReconciliationService:
                  fees: FeePoster | None = None, fee_for: Callable[[str], FeeFor | None] | None = None,
                  sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.adapters = dict(adapters)
-        self.reconciler = Reconciler(db, resolver=resolver, fees=fees, sla_ns=sla_ns, clock_ns=clock_ns)
+        self.reconciler = Reconciler(db, resolver=resolver, fees=fees, sla_ns=sla_ns, clock_ns=clock_ns,
+                                     keep_results=True)
         self.store = self.reconciler.store
         self.discrepancies = DiscrepancyService(db, clock_ns)
         self.fee_for = fee_for
@@ -116,7 +119,8 @@ class ReconciliationService:
             latest = await self.store.latest_run(channel, business_date)
             if latest is not None and latest.state == "completed":
                 report = await self.report(latest)
-                return RunReport(report.run, report.counts, report.applied, report.refused, report.fees, True)
+                return RunReport(report.run, report.counts, report.applied, report.refused, report.fees, True,
+                                 report.results)
         task = asyncio.ensure_future(self._run(channel, business_date))
         self._running[key] = task
         task.add_done_callback(lambda _t: self._running.pop(key, None))
@@ -143,7 +147,8 @@ class ReconciliationService:
     async def report(self, run: Run) -> RunReport:
         actions = await self.store.action_counts(run.run_id)
         return RunReport(run, await self.store.counts(run.run_id), actions.get("applied", 0),
-                         actions.get("refused", 0), await self.store.fees(run.run_id))
+                         actions.get("refused", 0), await self.store.fees(run.run_id),
+                         results=await self.store.result_count(run.run_id))
 
     async def get_run(self, run_id: str) -> RunReport:
         if not run_id or len(run_id) > 200:
@@ -170,6 +175,29 @@ class ReconciliationService:
         runs = await self.store.runs(channel=channel, business_date=business_date, limit=size, before=before)
         token = _token(runs[-1].started_at_ns, runs[-1].run_id) if len(runs) == size else ""
         return [await self.report(r) for r in runs], token
+
+    async def list_results(self, run_id: str, *, page_size: int = 0,
+                           page_token: str = "") -> tuple[list[ResultRow], str, int]:
+        """A page of a run's results in the order classified, the next page's token, and the total."""
+        bad = []
+        if not run_id or len(run_id) > 200:
+            bad.append(FieldViolation("run_id", "must name a run (rcn_...)"))
+        if page_size < 0 or page_size > RESULTS_PAGE_MAX:
+            bad.append(FieldViolation("page_size", f"must be 0..{RESULTS_PAGE_MAX} (0 means {RESULTS_PAGE_DEFAULT})"))
+        if bad:
+            raise _invalid(*bad)
+        size = page_size or RESULTS_PAGE_DEFAULT
+        after = 0
+        if page_token:
+            position, of_run = _untoken(page_token, 2)
+            if of_run != run_id:
+                raise InvalidRequest("page_token is of another run", reason="PAGE_TOKEN_INVALID",
+                                     violations=(FieldViolation("page_token", "must be a token of this run"),))
+            after = int(position)
+        await self.store.get_run(run_id)  # NotFound for a run that does not exist
+        rows = await self.store.results(run_id, after=after, limit=size)
+        token = _token(rows[-1].position, run_id) if len(rows) == size else ""
+        return rows, token, await self.store.result_count(run_id)
 
     # ---- discrepancies
     async def list_discrepancies(self, *, status: str = "", cls: str = "", channel: str = "", min_age_s: int = 0,

@@ -17,6 +17,9 @@ transaction each); no row counts come back, so conditional updates are read back
   (proposed -> applied | refused), for "resolved by reconciliation <run id>".
 - `recon_expected`: instructions a run found EXPECTED, carried to later runs of the channel.
 - `recon_fees`: per run and currency, the statement's fees and how many were posted now.
+- `recon_lines`: per run, every result in the order classified (ours and the channel's side,
+  class, action, discrepancy): what the report a finance person reads is made of. Kept by the
+  service's runs (`Reconciler(keep_results=True)`), not by the benchmark's.
 
 Errors (core.errors types, so the servicer maps them without a table of its own):
 
@@ -124,6 +127,29 @@ RECON_SCHEMA: Final[list[str]] = [
         run_id TEXT NOT NULL,
         PRIMARY KEY (channel, instruction_id)
     )""",
+    """CREATE TABLE IF NOT EXISTS recon_lines (
+        run_id TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        class TEXT NOT NULL,
+        action TEXT NOT NULL,
+        instruction_id TEXT NOT NULL,
+        channel_reference TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        has_ours BIGINT NOT NULL,
+        our_amount_minor BIGINT NOT NULL,
+        our_currency TEXT NOT NULL,
+        our_status TEXT NOT NULL,
+        has_theirs BIGINT NOT NULL,
+        their_amount_minor BIGINT NOT NULL,
+        their_currency TEXT NOT NULL,
+        their_status TEXT NOT NULL,
+        their_fee_minor BIGINT NOT NULL,
+        line_count BIGINT NOT NULL,
+        discrepancy_id TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (run_id, position)
+    )""",
 ]
 
 RESOLUTION_ACTIONS: Final = ("refund", "manual_posting", "write_off")
@@ -178,6 +204,50 @@ class Discrepancy:
     @property
     def age_ns(self) -> int:
         return time.time_ns() - self.opened_at_ns
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One kept result of a run (`recon_lines`)."""
+
+    position: int
+    cls: str
+    action: str
+    instruction_id: str
+    channel_reference: str
+    kind: str
+    object_id: str
+    has_ours: bool
+    our_amount_minor: int
+    our_currency: str
+    our_status: str
+    has_theirs: bool
+    their_amount_minor: int
+    their_currency: str
+    their_status: str
+    their_fee_minor: int
+    line_count: int
+    discrepancy_id: str
+    detail: str
+
+
+_LINE_COLUMNS = ("position, class, action, instruction_id, channel_reference, kind, object_id, has_ours, "
+                 "our_amount_minor, our_currency, our_status, has_theirs, their_amount_minor, their_currency, "
+                 "their_status, their_fee_minor, line_count, discrepancy_id, detail")
+
+
+def result_row(channel: str, position: int, r: Result) -> tuple[Any, ...]:
+    """The `recon_lines` values (after run_id) of one result."""
+    ins = r.instruction
+    line = r.lines[0] if r.lines else None
+    return (position, r.cls.value, r.action.value,
+            ins.instruction_id if ins else (line.instruction_id if line else ""),
+            line.channel_reference if line else (ins.channel_reference if ins else ""),
+            line.kind if line else (ins.kind if ins else ""), ins.object_id if ins else "",
+            int(ins is not None), ins.amount if ins else 0, ins.currency if ins else "", ins.status if ins else "",
+            int(line is not None), line.amount if line else 0, line.currency if line else "",
+            line.status if line else "", line.fee if line else 0, len(r.lines),
+            discrepancy_id(channel, r) if r.action is Action.OPEN_DISCREPANCY else "", r.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +439,25 @@ class ReconciliationStore:
             return [("DELETE FROM recon_expected WHERE channel = ? AND instruction_id = ?",
                      (run.channel, ins.instruction_id))]
         return []
+
+    async def record_results(self, run: Run, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Keep results of a run (`result_row` values), one transaction."""
+        if rows:
+            await self.db.write([(f"INSERT INTO recon_lines (run_id, {_LINE_COLUMNS}) VALUES "
+                                  f"({', '.join('?' * 20)}) ON CONFLICT (run_id, position) DO NOTHING",
+                                  (run.run_id, *row)) for row in rows])
+
+    async def results(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[ResultRow]:
+        """A run's kept results with a position after `after`, in order."""
+        rows = await self.db.query(f"SELECT {_LINE_COLUMNS} FROM recon_lines WHERE run_id = ? AND position > ? "
+                                   "ORDER BY position LIMIT ?", (run_id, after, limit))
+        return [ResultRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), bool(r[7]),
+                          int(r[8]), str(r[9]), str(r[10]), bool(r[11]), int(r[12]), str(r[13]), str(r[14]),
+                          int(r[15]), int(r[16]), str(r[17]), str(r[18])) for r in rows]
+
+    async def result_count(self, run_id: str) -> int:
+        rows = await self.db.query("SELECT COUNT(*) FROM recon_lines WHERE run_id = ?", (run_id,))
+        return int(rows[0][0]) if rows else 0
 
     async def expected(self, channel: str, before_date: str) -> list[str]:
         """Instruction ids still EXPECTED from runs of earlier business days (carried forward)."""

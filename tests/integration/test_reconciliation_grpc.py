@@ -230,14 +230,14 @@ async def test_runs_discrepancies_and_refusals(running: Running) -> None:
     assert [d.discrepancy_id for d in closed.discrepancies] == [did]
 
 
-async def test_the_cli_prints_counts_and_discrepancies(running: Running) -> None:
+async def test_the_cli_prints_counts_and_discrepancies(running: Running, tmp_path: Path) -> None:
     import re
     import subprocess
     import sys
 
     running.statement.lines = [StatementLine(TODAY, "pay_nobody-1", "R2", "pay", 777, "CNY", Outcome.SUCCEEDED, 3)]
     args = [sys.executable, "-m", "dualflow.gateway.cli", "reconcile", "--channel", CHANNEL, "--date", TODAY,
-            "--target", running.platform.address]
+            "--target", running.platform.address, "--report", str(tmp_path / "reports")]
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
     done = await asyncio.to_thread(subprocess.run, [*args, "--api-key", OPS_KEY], capture_output=True, text=True,
                                    timeout=60, env=env)
@@ -253,3 +253,81 @@ async def test_the_cli_prints_counts_and_discrepancies(running: Running) -> None
     refused = await asyncio.to_thread(subprocess.run, [*args, "--api-key", READER_KEY], capture_output=True,
                                       text=True, timeout=60, env=env)
     assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+
+
+async def test_the_cli_writes_the_report_from_the_service(running: Running, tmp_path: Path) -> None:
+    """`--report DIR`: a CSV with one row per result the run kept (ListRunResults, several pages)
+    and a self-contained HTML summary with each class's count, every value escaped."""
+    import csv
+    import re
+    import subprocess
+    import sys
+
+    r = running
+    paid = await r.platform.payments.create_payment(PaymentRequest(
+        request_id="p-report", merchant_id="shop", payer="user:alice", payee="merchant:shop", amount=5_000,
+        currency="CNY", asset=Asset.BANK_TRANSFER, bank_account=BankAccount("ICBC", "1234", "Alice")))
+    for _ in range(500):
+        if (await r.platform.payments.get_payment(paid.payment_id)).status is PaymentStatus.SUCCEEDED:
+            break
+        await asyncio.sleep(0.01)
+    hostile = '<script>alert("x")</script>&'
+    orphans = [StatementLine(TODAY, f"pay_other{n}-1", f"O{n}", "pay", 100 + n, "CNY", Outcome.SUCCEEDED, 0)
+               for n in range(7)]
+    r.statement.lines = [
+        StatementLine(TODAY, f"{paid.payment_id}-1", "R1", "pay", 5_000, "CNY", Outcome.SUCCEEDED, 0),
+        *orphans,
+        StatementLine(TODAY, hostile, "=HYPERLINK(1)", "pay", 777, "CNY", Outcome.SUCCEEDED, 0),
+        StatementLine(TODAY, hostile, "R9", "pay", 778, "CNY", Outcome.SUCCEEDED, 0),  # a second one: DUPLICATE
+    ]
+    reports = tmp_path / "out"
+    args = [sys.executable, "-m", "dualflow.gateway.cli", "reconcile", "--channel", CHANNEL, "--date", TODAY,
+            "--target", r.platform.address, "--api-key", OPS_KEY, "--report", str(reports)]
+    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60,
+                                   env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    csv_path, html_path = reports / f"recon-{CHANNEL}-{TODAY}.csv", reports / f"recon-{CHANNEL}-{TODAY}.html"
+    assert f"report: {csv_path}" in done.stdout.replace("\n", ""), done.stdout
+
+    run = (await r.call("ListRuns", pb.ListRunsRequest(channel=CHANNEL), READER_KEY)).runs[0]
+    # One result per instruction (1) and per line no instruction claims (7 + 2).
+    assert run.results == 1 + 7 + 2 == run.instructions + sum(c.lines for c in run.counts
+                                                              if c.match_class != pb.RECONCILIATION_CLASS_MATCHED)
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == run.results
+    assert [int(x["position"]) for x in rows] == list(range(1, run.results + 1))
+    matched = next(x for x in rows if x["class"] == "MATCHED")
+    assert (matched["instruction_id"], matched["channel_reference"], matched["our_amount"], matched["our_status"],
+            matched["their_amount"], matched["their_status"], matched["action"]) == (
+        f"{paid.payment_id}-1", "R1", "50.00", "SUCCEEDED", "50.00", "SUCCEEDED", "NONE")
+    theirs = [x for x in rows if x["instruction_id"] == hostile]
+    assert sorted(x["class"] for x in theirs) == ["DUPLICATE", "MISSING_INTERNALLY"]
+    assert all(x["discrepancy_id"].startswith("dsc_") and x["our_amount"] == "" for x in theirs)
+    assert "'=HYPERLINK(1)" in {x["channel_reference"] for x in theirs}  # text, not a formula
+
+    # The pages themselves: a token per page, all of them, in order.
+    page = await r.call("ListRunResults", pb.ListRunResultsRequest(run_id=run.run_id, page_size=4), READER_KEY)
+    seen = list(page.results)
+    while page.next_page_token:
+        page = await r.call("ListRunResults", pb.ListRunResultsRequest(
+            run_id=run.run_id, page_size=4, page_token=page.next_page_token), READER_KEY)
+        seen += page.results
+    assert [x.position for x in seen] == list(range(1, run.results + 1)) and page.total == run.results
+    assert (await refused(r.call("ListRunResults", pb.ListRunResultsRequest(run_id="rcn_nope"), READER_KEY)))[:2] \
+        == (grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND")
+    assert await refused(r.call("ListRunResults", pb.ListRunResultsRequest(
+        run_id=run.run_id, page_size=4, page_token="bad"), READER_KEY)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", ["page_token"])
+    assert (await refused(r.call("ListRunResults", pb.ListRunResultsRequest(run_id=run.run_id),
+                                 OTHER_KEY)))[0] is grpc.StatusCode.PERMISSION_DENIED
+
+    page_html = html_path.read_text()
+    for c in run.counts:
+        name = pb.ReconciliationClass.Name(c.match_class).removeprefix("RECONCILIATION_CLASS_")
+        assert re.search(rf'>{name}</td><td class="n">{c.lines}</td><td class="n">{c.instructions}</td>',
+                         page_html), name
+    assert ">MISSING_INTERNALLY</td><td class=\"n\">8</td>" in page_html  # 7 + the hostile one
+    assert run.run_id in page_html
+    assert "<script" not in page_html and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page_html
+    assert not re.search(r'(src|href)=|@import|url\(', page_html)  # nothing fetched from elsewhere

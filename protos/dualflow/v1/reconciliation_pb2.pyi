@@ -107,7 +107,7 @@ class FeeTotal(_message.Message):
     def __init__(self, currency: _Optional[str] = ..., lines: _Optional[int] = ..., fee_minor: _Optional[int] = ..., posted_now: _Optional[int] = ...) -> None: ...
 
 class ReconciliationRun(_message.Message):
-    __slots__ = ("run_id", "channel", "business_date", "attempt", "state", "started_at_ns", "finished_at_ns", "lines", "instructions", "error_reason", "error_line", "detail", "counts", "auto_resolved", "auto_refused", "fees", "replayed")
+    __slots__ = ("run_id", "channel", "business_date", "attempt", "state", "started_at_ns", "finished_at_ns", "lines", "instructions", "error_reason", "error_line", "detail", "counts", "auto_resolved", "auto_refused", "fees", "replayed", "results")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     BUSINESS_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class ReconciliationRun(_message.Message):
     AUTO_REFUSED_FIELD_NUMBER: _ClassVar[int]
     FEES_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     channel: str
     business_date: str
@@ -142,7 +143,8 @@ class ReconciliationRun(_message.Message):
     auto_refused: int
     fees: _containers.RepeatedCompositeFieldContainer[FeeTotal]
     replayed: bool
-    def __init__(self, run_id: _Optional[str] = ..., channel: _Optional[str] = ..., business_date: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[RunState, str]] = ..., started_at_ns: _Optional[int] = ..., finished_at_ns: _Optional[int] = ..., lines: _Optional[int] = ..., instructions: _Optional[int] = ..., error_reason: _Optional[str] = ..., error_line: _Optional[int] = ..., detail: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[ClassCount, _Mapping]]] = ..., auto_resolved: _Optional[int] = ..., auto_refused: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[FeeTotal, _Mapping]]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    results: int
+    def __init__(self, run_id: _Optional[str] = ..., channel: _Optional[str] = ..., business_date: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[RunState, str]] = ..., started_at_ns: _Optional[int] = ..., finished_at_ns: _Optional[int] = ..., lines: _Optional[int] = ..., instructions: _Optional[int] = ..., error_reason: _Optional[str] = ..., error_line: _Optional[int] = ..., detail: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[ClassCount, _Mapping]]] = ..., auto_resolved: _Optional[int] = ..., auto_refused: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[FeeTotal, _Mapping]]] = ..., replayed: _Optional[bool] = ..., results: _Optional[int] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -277,3 +279,65 @@ class GetDiscrepancyHistoryResponse(_message.Message):
     discrepancy: ReconciliationDiscrepancy
     events: _containers.RepeatedCompositeFieldContainer[DiscrepancyEvent]
     def __init__(self, discrepancy: _Optional[_Union[ReconciliationDiscrepancy, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DiscrepancyEvent, _Mapping]]] = ...) -> None: ...
+
+class RunResult(_message.Message):
+    __slots__ = ("position", "match_class", "action", "instruction_id", "channel_reference", "kind", "object_id", "has_ours", "our_amount_minor", "our_currency", "our_status", "has_theirs", "their_amount_minor", "their_currency", "their_status", "their_fee_minor", "line_count", "discrepancy_id", "detail")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    MATCH_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_OURS_FIELD_NUMBER: _ClassVar[int]
+    OUR_AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    OUR_CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    OUR_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HAS_THEIRS_FIELD_NUMBER: _ClassVar[int]
+    THEIR_AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    THEIR_CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    THEIR_STATUS_FIELD_NUMBER: _ClassVar[int]
+    THEIR_FEE_MINOR_FIELD_NUMBER: _ClassVar[int]
+    LINE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DISCREPANCY_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    match_class: ReconciliationClass
+    action: str
+    instruction_id: str
+    channel_reference: str
+    kind: str
+    object_id: str
+    has_ours: bool
+    our_amount_minor: int
+    our_currency: str
+    our_status: str
+    has_theirs: bool
+    their_amount_minor: int
+    their_currency: str
+    their_status: str
+    their_fee_minor: int
+    line_count: int
+    discrepancy_id: str
+    detail: str
+    def __init__(self, position: _Optional[int] = ..., match_class: _Optional[_Union[ReconciliationClass, str]] = ..., action: _Optional[str] = ..., instruction_id: _Optional[str] = ..., channel_reference: _Optional[str] = ..., kind: _Optional[str] = ..., object_id: _Optional[str] = ..., has_ours: _Optional[bool] = ..., our_amount_minor: _Optional[int] = ..., our_currency: _Optional[str] = ..., our_status: _Optional[str] = ..., has_theirs: _Optional[bool] = ..., their_amount_minor: _Optional[int] = ..., their_currency: _Optional[str] = ..., their_status: _Optional[str] = ..., their_fee_minor: _Optional[int] = ..., line_count: _Optional[int] = ..., discrepancy_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListRunResultsRequest(_message.Message):
+    __slots__ = ("run_id", "page_size", "page_token")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, run_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRunResultsResponse(_message.Message):
+    __slots__ = ("results", "next_page_token", "total")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RunResult]
+    next_page_token: str
+    total: int
+    def __init__(self, results: _Optional[_Iterable[_Union[RunResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...

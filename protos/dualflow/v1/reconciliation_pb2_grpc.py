@@ -69,6 +69,11 @@ class ReconciliationStub:
                 request_serializer=dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryRequest.SerializeToString,
                 response_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListRunResults = channel.unary_unary(
+                '/dualflow.v1.Reconciliation/ListRunResults',
+                request_serializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.SerializeToString,
+                response_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.FromString,
+                _registered_method=True)
 
 
 class ReconciliationServicer:
@@ -123,6 +128,14 @@ class ReconciliationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRunResults(self, request, context):
+        """What a run found, one result per instruction of ours or per line no instruction claims, in
+        the order the run classified them, a page at a time (for the report a finance person reads).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReconciliationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_ReconciliationServicer_to_server(servicer, server):
                     servicer.GetDiscrepancyHistory,
                     request_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryRequest.FromString,
                     response_serializer=dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryResponse.SerializeToString,
+            ),
+            'ListRunResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunResults,
+                    request_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.FromString,
+                    response_serializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class Reconciliation:
             '/dualflow.v1.Reconciliation/GetDiscrepancyHistory',
             dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryRequest.SerializeToString,
             dualflow_dot_v1_dot_reconciliation__pb2.GetDiscrepancyHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualflow.v1.Reconciliation/ListRunResults',
+            dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.SerializeToString,
+            dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,
