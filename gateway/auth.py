@@ -110,6 +110,7 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType({
     _RECONCILIATION + "ListDiscrepancies": RECONCILIATION_READ,
     _RECONCILIATION + "GetDiscrepancyHistory": RECONCILIATION_READ,
     _RECONCILIATION + "ListRunResults": RECONCILIATION_READ,
+    _RECONCILIATION + "RunInternalCheck": RECONCILIATION_READ,
 })
 
 # Services anyone may call without credentials: load balancers probe health and

@@ -121,6 +121,15 @@ class ReconciliationServicer(reconciliation_pb2_grpc.ReconciliationServicer):
                                                             page_token=request.page_token)
         return pb.ListRunResultsResponse(results=[result_to_pb(r) for r in rows], next_page_token=token, total=total)
 
+    async def RunInternalCheck(self, request: pb.RunInternalCheckRequest,
+                               context: grpc.aio.ServicerContext) -> pb.InternalCheckResult:
+        report = await self.service.internal_check(request.findings_max)
+        return pb.InternalCheckResult(
+            checked_at_ns=report.checked_at_ns, counts=report.counts, payments_checked=report.payments,
+            refunds_checked=report.refunds, transfers_scanned=report.transfers,
+            findings=[pb.InternalFinding(kind=f.kind, subject=f.subject, detail=f.detail) for f in report.findings],
+            truncated=sum(report.counts.values()) > len(report.findings))
+
 
 def result_to_pb(r: ResultRow) -> pb.RunResult:
     return pb.RunResult(

@@ -44,6 +44,16 @@ FEES_POSTED = Counter(
     ["channel", "currency"],
 )
 
+INTERNAL_FINDINGS = Gauge(
+    "dualflow_reconciliation_internal_findings",
+    "Findings of the last internal reconciliation (ours vs ours) by kind: 0 when the books agree.",
+    ["kind"],
+)
+INTERNAL_CHECKS = Counter(
+    "dualflow_reconciliation_internal_checks_total",
+    "Internal reconciliation checks run.",
+)
+
 # Ages of an unresolved discrepancy: (label, upper bound in seconds).
 AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("0-1d", 86_400), ("1d-3d", 3 * 86_400), ("3d-7d", 7 * 86_400), ("7d+", float("inf")))

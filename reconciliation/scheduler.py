@@ -117,4 +117,13 @@ class DailyReconciliation:
                     log.warning("daily reconciliation of %s for %s: %s %s", channel, day, report.run.state,
                                 report.run.detail)
                     self._tried[(channel, day)] = now
+        if reports and not self._stopping:
+            # After the day's external runs (what they settled is in the books now): ours vs ours.
+            try:
+                found = await self.service.internal_check()
+            except Exception:  # noqa: BLE001 - the external runs stand; the next pass checks again
+                log.exception("internal reconciliation failed")
+            else:
+                if any(found.counts.values()):
+                    log.warning("internal reconciliation: %s", {k: n for k, n in found.counts.items() if n})
         return reports

@@ -27,6 +27,7 @@ from dualflow.core.database import Database
 from dualflow.core.errors import FieldViolation, InvalidRequest, Unavailable
 
 from . import metrics
+from .internal import InternalCheck, InternalReport
 from .model import Class, FeeFor
 from .runner import DAY_NS, FeePoster, Reconciler, Resolver, RunReport
 from .store import RESOLUTION_ACTIONS, Discrepancy, DiscrepancyService, ResultRow, Run
@@ -87,6 +88,7 @@ class ReconciliationService:
         self.fee_for = fee_for
         self.clock_ns = clock_ns
         self._running: dict[tuple[str, str], asyncio.Task[RunReport]] = {}
+        self.internal = InternalCheck(db, clock_ns=clock_ns)
 
     async def start(self) -> None:
         await self.reconciler.open()
@@ -198,6 +200,14 @@ class ReconciliationService:
         rows = await self.store.results(run_id, after=after, limit=size)
         token = _token(rows[-1].position, run_id) if len(rows) == size else ""
         return rows, token, await self.store.result_count(run_id)
+
+    async def internal_check(self, findings_max: int = 0) -> InternalReport:
+        """Internal reconciliation (reconciliation/internal.py): read-only, findings by kind."""
+        if findings_max < 0 or findings_max > 10_000:
+            raise _invalid(FieldViolation("findings_max", "must be 0..10000 (0 means 1000)"))
+        report = await self.internal.run()
+        del report.findings[findings_max or 1000:]
+        return report
 
     # ---- discrepancies
     async def list_discrepancies(self, *, status: str = "", cls: str = "", channel: str = "", min_age_s: int = 0,

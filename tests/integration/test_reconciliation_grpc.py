@@ -331,3 +331,56 @@ async def test_the_cli_writes_the_report_from_the_service(running: Running, tmp_
     assert run.run_id in page_html
     assert "<script" not in page_html and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page_html
     assert not re.search(r'(src|href)=|@import|url\(', page_html)  # nothing fetched from elsewhere
+
+
+async def test_the_internal_check_finds_each_broken_row_by_kind(running: Running) -> None:
+    """RunInternalCheck: a clean platform has no finding; rows changed around the ledger's writer
+    (a posting removed, extra ones added, a pending one past its timeout, an account's total
+    bumped) are each found by their kind, and the gauge says so."""
+    from prometheus_client import REGISTRY
+
+    from dualflow.core.payments.accounts import transfer_id
+
+    r = running
+    paid = await r.platform.payments.create_payment(PaymentRequest(
+        request_id="p-internal", merchant_id="shop", payer="user:alice", payee="merchant:shop", amount=4_200,
+        currency="CNY", asset=Asset.BANK_TRANSFER, bank_account=BankAccount("ICBC", "1234", "Alice")))
+    for _ in range(500):
+        if (await r.platform.payments.get_payment(paid.payment_id)).status is PaymentStatus.SUCCEEDED:
+            break
+        await asyncio.sleep(0.01)
+    clean = await r.call("RunInternalCheck", pb.RunInternalCheckRequest(), READER_KEY)
+    assert dict(clean.counts) == dict.fromkeys(("TRIAL_BALANCE", "PAYMENT_POSTINGS", "REFUND_POSTINGS",
+                                                "ORPHAN_POSTING", "STALE_PENDING", "OUTBOX_UNDELIVERED",
+                                                "OUTBOX_CURSOR_AHEAD"), 0), list(clean.findings)
+    assert clean.payments_checked == 1 and clean.transfers_scanned >= 1 and not clean.truncated
+    assert (await refused(r.call("RunInternalCheck", pb.RunInternalCheckRequest(), OTHER_KEY)))[0] \
+        is grpc.StatusCode.PERMISSION_DENIED
+
+    db = r.platform.ledger
+    post = transfer_id(paid.payment_id, "post.1")
+    columns = ("id, debit_account_id, credit_account_id, amount, pending_id, currency, code, flags, user_data, "
+               "timeout_s, timestamp, pending_status, expires_at")
+    insert = f"INSERT INTO transfers ({columns}) VALUES (?, 11, 12, ?, 0, 'CNY', ?, 0, 0, ?, 1, ?, ?)"
+    await db.write([
+        ("DELETE FROM transfers WHERE id = ?", (post,)),                                 # a posting removed
+        (insert, (transfer_id(paid.payment_id, "void.1"), 4_200, 4, 0, 0, 0)),           # one it must not have
+        (insert, (transfer_id("pay_ghost", "pay"), 99, 1, 0, 0, 0)),                     # nobody's
+        (insert, (transfer_id("other", "x"), 5, 30, 1, 1, 1_000)),                       # pending, long expired
+        ("UPDATE accounts SET debits_posted = debits_posted + 1 WHERE id = (SELECT MIN(id) FROM accounts "
+         "WHERE currency = 'CNY')", ()),
+    ])
+    broken = await r.call("RunInternalCheck", pb.RunInternalCheckRequest(findings_max=2), READER_KEY)
+    assert {k: n for k, n in broken.counts.items() if n} == {
+        "PAYMENT_POSTINGS": 2, "ORPHAN_POSTING": 1, "STALE_PENDING": 1, "TRIAL_BALANCE": 1}
+    assert len(broken.findings) == 2 and broken.truncated
+    every = await r.call("RunInternalCheck", pb.RunInternalCheckRequest(), READER_KEY)
+    by_kind = {(f.kind, f.subject, f.detail.split(" (")[0]) for f in every.findings}
+    assert ("PAYMENT_POSTINGS", paid.payment_id, "missing transfer post.1") in by_kind
+    assert ("PAYMENT_POSTINGS", paid.payment_id, "extra transfer void.1") in by_kind
+    assert ("ORPHAN_POSTING", str(transfer_id("pay_ghost", "pay"))) in {(k, s) for k, s, _ in by_kind}
+    assert ("TRIAL_BALANCE", "CNY") in {(k, s) for k, s, _ in by_kind}
+    assert REGISTRY.get_sample_value("dualflow_reconciliation_internal_findings", {"kind": "ORPHAN_POSTING"}) == 1
+    assert REGISTRY.get_sample_value("dualflow_reconciliation_internal_findings", {"kind": "REFUND_POSTINGS"}) == 0
+    assert await refused(r.call("RunInternalCheck", pb.RunInternalCheckRequest(findings_max=10_001), READER_KEY)) \
+        == (grpc.StatusCode.INVALID_ARGUMENT, "RECONCILIATION_INVALID", ["findings_max"])

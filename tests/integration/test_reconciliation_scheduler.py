@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 import pytest
+from prometheus_client import REGISTRY
 
 from dualflow.adapters.contract import Capabilities, Flow, StatementLine, StatementRejected
 from dualflow.core.ledger.open_store import store_from_url
@@ -72,11 +73,15 @@ async def test_each_day_once_across_restarts(db: LedgerService) -> None:
 
     first = scheduler()
     await first.service.start()
+    checks = REGISTRY.get_sample_value("dualflow_reconciliation_internal_checks_total") or 0
     # A channel never reconciled starts at the newest due day: the 8th (the 9th is not out before 02:00).
     reports = await first.pass_once()
     assert sorted((r.run.channel, r.run.business_date, r.run.state) for r in reports) == [
         ("cardbank", "2024-03-08", "completed"), ("wallet-psp", "2024-03-08", "completed")]
     assert await first.pass_once() == []
+    # The internal check ran once, after the pass that ran the external ones; nothing to find.
+    assert REGISTRY.get_sample_value("dualflow_reconciliation_internal_checks_total") == checks + 1
+    assert REGISTRY.get_sample_value("dualflow_reconciliation_internal_findings", {"kind": "TRIAL_BALANCE"}) == 0
     now[0] = at("2024-03-10 02:00:01")
     assert [(r.run.channel, r.run.business_date) for r in await first.pass_once()] == [
         ("cardbank", "2024-03-09"), ("wallet-psp", "2024-03-09")]

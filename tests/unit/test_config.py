@@ -337,6 +337,7 @@ def test_permission_table_matches_the_contract() -> None:
         Reconciliation/ListDiscrepancies reconciliation.read
         Reconciliation/GetDiscrepancyHistory reconciliation.read
         Reconciliation/ListRunResults  reconciliation.read
+        Reconciliation/RunInternalCheck reconciliation.read
     """
     table = dict(line.split() for line in expected.strip().splitlines())
     assert dict(METHOD_PERMISSIONS) == {f"/dualflow.v1.{m}": p for m, p in table.items()}

@@ -341,3 +341,44 @@ class ListRunResultsResponse(_message.Message):
     next_page_token: str
     total: int
     def __init__(self, results: _Optional[_Iterable[_Union[RunResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
+
+class RunInternalCheckRequest(_message.Message):
+    __slots__ = ("findings_max",)
+    FINDINGS_MAX_FIELD_NUMBER: _ClassVar[int]
+    findings_max: int
+    def __init__(self, findings_max: _Optional[int] = ...) -> None: ...
+
+class InternalFinding(_message.Message):
+    __slots__ = ("kind", "subject", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    subject: str
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class InternalCheckResult(_message.Message):
+    __slots__ = ("checked_at_ns", "counts", "findings", "payments_checked", "refunds_checked", "transfers_scanned", "truncated")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CHECKED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    PAYMENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    REFUNDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    checked_at_ns: int
+    counts: _containers.ScalarMap[str, int]
+    findings: _containers.RepeatedCompositeFieldContainer[InternalFinding]
+    payments_checked: int
+    refunds_checked: int
+    transfers_scanned: int
+    truncated: bool
+    def __init__(self, checked_at_ns: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ..., findings: _Optional[_Iterable[_Union[InternalFinding, _Mapping]]] = ..., payments_checked: _Optional[int] = ..., refunds_checked: _Optional[int] = ..., transfers_scanned: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

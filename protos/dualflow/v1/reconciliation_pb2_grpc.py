@@ -74,6 +74,11 @@ class ReconciliationStub:
                 request_serializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.SerializeToString,
                 response_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.FromString,
                 _registered_method=True)
+        self.RunInternalCheck = channel.unary_unary(
+                '/dualflow.v1.Reconciliation/RunInternalCheck',
+                request_serializer=dualflow_dot_v1_dot_reconciliation__pb2.RunInternalCheckRequest.SerializeToString,
+                response_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.InternalCheckResult.FromString,
+                _registered_method=True)
 
 
 class ReconciliationServicer:
@@ -136,6 +141,16 @@ class ReconciliationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunInternalCheck(self, request, context):
+        """Internal reconciliation (ours vs ours), read-only: trial balance per currency, every
+        SUCCEEDED payment and refund with exactly its ledger transfers, no orphan postings, no
+        pending transfer past its timeout, the outbox delivered (webhook cursor vs head). Findings
+        by kind; a clean platform has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReconciliationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +193,11 @@ def add_ReconciliationServicer_to_server(servicer, server):
                     servicer.ListRunResults,
                     request_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.FromString,
                     response_serializer=dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.SerializeToString,
+            ),
+            'RunInternalCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunInternalCheck,
+                    request_deserializer=dualflow_dot_v1_dot_reconciliation__pb2.RunInternalCheckRequest.FromString,
+                    response_serializer=dualflow_dot_v1_dot_reconciliation__pb2.InternalCheckResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +416,33 @@ class Reconciliation:
             '/dualflow.v1.Reconciliation/ListRunResults',
             dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsRequest.SerializeToString,
             dualflow_dot_v1_dot_reconciliation__pb2.ListRunResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunInternalCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualflow.v1.Reconciliation/RunInternalCheck',
+            dualflow_dot_v1_dot_reconciliation__pb2.RunInternalCheckRequest.SerializeToString,
+            dualflow_dot_v1_dot_reconciliation__pb2.InternalCheckResult.FromString,
             options,
             channel_credentials,
             insecure,
