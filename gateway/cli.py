@@ -97,7 +97,6 @@ def _reconcile(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from dualflow.core.money import format_minor
     from dualflow.reconciliation import report
     from dualflow.v1 import reconciliation_pb2 as pb
     from dualflow.v1 import reconciliation_pb2_grpc
@@ -169,12 +168,12 @@ def _reconcile(args: argparse.Namespace) -> int:
         out.print(f"[red]{run.detail}[/red]")
     counts = Table("class", "lines", "instructions", "amount", title="counts by class")
     for c in run.counts:
-        amounts = ", ".join(format_minor(v, k) for k, v in sorted(c.amount_minor.items()))
+        amounts = ", ".join(f"{report.amount(v, k)} {k}" for k, v in sorted(c.amount_minor.items()))
         counts.add_row(pb.ReconciliationClass.Name(c.match_class).removeprefix("RECONCILIATION_CLASS_"),
                        str(c.lines), str(c.instructions), amounts)
     fees = Table("currency", "lines with a fee", "fees", "posted now", title="the channel's fees")
     for f in run.fees:
-        fees.add_row(f.currency, str(f.lines), format_minor(f.fee_minor, f.currency, with_code=False),
+        fees.add_row(f.currency, str(f.lines), report.amount(f.fee_minor, f.currency),
                      str(f.posted_now))
     now = time.time_ns()
     waiting = Table("discrepancy", "class", "instruction", "status", "age", "detail",

@@ -36,10 +36,14 @@ def class_name(pb: Any, value: int) -> str:
 
 
 def amount(minor: int, currency: str) -> str:
-    """Minor units as a decimal with the currency's digits (what a spreadsheet sums)."""
-    from dualflow.core.money import format_minor
+    """Minor units as a decimal with the currency's digits (what a spreadsheet sums); minor units
+    as they are for a currency we do not know (a statement may name one)."""
+    from dualflow.core.money import UnknownCurrency, format_minor
 
-    return format_minor(minor, currency, with_code=False) if currency else str(minor)
+    try:
+        return format_minor(minor, currency, with_code=False) if currency else str(minor)
+    except UnknownCurrency:
+        return str(minor)
 
 
 def _cell(value: object) -> str:
