@@ -9,12 +9,26 @@ metric labels and parts of ledger account names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from .caps import NO_CAPS, CapPolicy, NetDebitCaps
 
 POOL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A pool's account as the bank-transfer rail names it (the rail's own alphabet).
+BANK_CODE: Final = re.compile(r"[A-Za-z0-9]{2,16}")
+ACCOUNT_NUMBER: Final = re.compile(r"[0-9]{6,34}")
+
+
+@dataclass(frozen=True, slots=True)
+class RailAccount:
+    """The bank account a pool stands for: settlement transfers debit the payer pool's and credit
+    the payee pool's."""
+
+    bank_code: str
+    number: str = field(repr=False)
+    name: str  # the holder name the bank checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +46,10 @@ class ClearingSettings:
     # 0: no background driver, `ClearingService.drive()` is called by hand (tests).
     settle_interval_s: float = 1.0
     invariant_interval_s: float = 60.0  # how often the pool invariant gauge is recomputed; 0: never
+    # Settlement over the bank-transfer rail: every pool's bank account (all pools or none), and
+    # the transfer channel that carries the transfers ("": the only transfer channel configured).
+    rail_accounts: Mapping[str, RailAccount] = field(default_factory=dict)
+    settlement_channel: str = ""
 
     def next_cutoff_ns(self, after_ns: int) -> int | None:
         """The first cut-off strictly after `after_ns`; None when windows close only on request."""

@@ -17,15 +17,15 @@ import math
 import re
 import secrets
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from dualflow.adapters.contract import ChannelConfig
 from dualflow.clearing.caps import CapPolicy, NetDebitCaps
-from dualflow.clearing.settings import POOL_NAME, ClearingSettings
+from dualflow.clearing.settings import ACCOUNT_NUMBER, BANK_CODE, POOL_NAME, ClearingSettings, RailAccount
 from dualflow.core.errors import NotFound
 from dualflow.core.money import is_currency
 from dualflow.reconciliation.scheduler import ScheduleSettings
@@ -185,10 +185,11 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"channels[{i}].name", f"{name!r} is also channels[{names.index(name)}]")
+    clearing = _clearing(data["clearing"], "clearing") if "clearing" in data else ClearingSettings()
+    clearing = replace(clearing, settlement_channel=_settlement_channel(clearing, channels, "clearing"))
     return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
                           channels=channels, routing=_routing(data.get("routing", {}), "routing"),
-                          clearing=_clearing(data["clearing"], "clearing") if "clearing" in data
-                          else ClearingSettings(),
+                          clearing=clearing,
                           reconciliation=_reconciliation(data.get("reconciliation", {}), "reconciliation"))
 
 
@@ -222,7 +223,8 @@ def _clearing(value: Any, at: str) -> ClearingSettings:
     """The clearing center: pools (one per bank), currencies, cut-off, net debit caps, settlement."""
     table = _table(value, at)
     _known_keys(table, at, {"pools", "currencies", "window_s", "cutoff_offset_s", "cap_policy", "default_cap_minor",
-                            "caps", "settlement_retries", "settle_interval_s", "invariant_interval_s"})
+                            "caps", "settlement_retries", "settle_interval_s", "invariant_interval_s",
+                            "settlement_channel", "rail_accounts"})
     pools = _string_list(_required(table, "pools", at), f"{at}.pools")
     if not pools:
         raise ConfigError(f"{at}.pools", "empty; name the pools, one per bank")
@@ -265,10 +267,54 @@ def _clearing(value: Any, at: str) -> ClearingSettings:
                         zero_ok=False)
     invariant_s = _seconds(table.get("invariant_interval_s", defaults.invariant_interval_s),
                            f"{at}.invariant_interval_s", zero_ok=True)
+    accounts = {pool: _rail_account(raw, pool, f"{at}.rail_accounts.{pool}", pools, f"{at}.pools")
+                for pool, raw in _table(table.get("rail_accounts", {}), f"{at}.rail_accounts").items()}
+    missing = [p for p in pools if p not in accounts]
+    if accounts and missing:
+        raise ConfigError(f"{at}.rail_accounts", f"no account for {missing[0]!r}; settlement needs every pool's")
+    channel = _string(table.get("settlement_channel", ""), f"{at}.settlement_channel")
+    if channel and not accounts:
+        raise ConfigError(f"{at}.settlement_channel", f"needs {at}.rail_accounts (each pool's bank account)")
     return ClearingSettings(pools=tuple(pools), currencies=tuple(currencies), window_s=window_s,
                             cutoff_offset_s=offset_s, cap_policy=CapPolicy(policy),
                             caps=NetDebitCaps(caps, default_cap), settlement_retries=retries,
-                            settle_interval_s=settle_s, invariant_interval_s=invariant_s)
+                            settle_interval_s=settle_s, invariant_interval_s=invariant_s,
+                            rail_accounts=accounts, settlement_channel=channel)
+
+
+def _rail_account(value: Any, pool: str, at: str, pools: list[str], pools_at: str) -> RailAccount:
+    """`{ bank_code, number, name }`: a pool's account at its bank, as the transfer rail names it."""
+    if pool not in pools:
+        raise ConfigError(at, f"{pool!r} is not one of {pools_at}")
+    table = _table(value, at)
+    _known_keys(table, at, {"bank_code", "number", "name"})
+    bank_code = _string(_required(table, "bank_code", at), f"{at}.bank_code")
+    if not BANK_CODE.fullmatch(bank_code):
+        raise ConfigError(f"{at}.bank_code", "must be 2-16 letters or digits")
+    number = _string(_required(table, "number", at), f"{at}.number")
+    if not ACCOUNT_NUMBER.fullmatch(number):
+        raise ConfigError(f"{at}.number", "must be 6-34 digits")  # never echoed: an account number
+    name = _string(_required(table, "name", at), f"{at}.name")
+    if not name.strip() or len(name) > 140:
+        raise ConfigError(f"{at}.name", "must be 1-140 characters, not blank")
+    return RailAccount(bank_code, number, name)
+
+
+def _settlement_channel(clearing: ClearingSettings, channels: Sequence[ChannelConfig], at: str) -> str:
+    """The transfer channel settlement runs over: `settlement_channel`, else the only transfer
+    channel; "" when settlement is not configured (no rail accounts)."""
+    if not clearing.rail_accounts:
+        return ""
+    rails = [c.name for c in channels if c.kind == "transfer"]
+    if clearing.settlement_channel:
+        if clearing.settlement_channel not in rails:
+            raise ConfigError(f"{at}.settlement_channel", f"{clearing.settlement_channel!r} is not a [[channels]] "
+                                                          "entry of kind \"transfer\"")
+        return clearing.settlement_channel
+    if len(rails) != 1:
+        raise ConfigError(f"{at}.settlement_channel", f"{len(rails)} transfer channels are configured; name the one "
+                                                      "settlement transfers go over")
+    return rails[0]
 
 
 def _non_negative(value: Any, at: str) -> int:

@@ -163,7 +163,14 @@ class Platform:
         self._lag_watch: asyncio.Task[None] | None = None
         # Trial balance per currency and open payments by age, for dashboards and alerts.
         self.balance_check = BalanceCheck(self.ledger)
-        # The clearing center; `settlement` executes its transfers (without one, closed windows wait).
+        # The clearing center; `settlement` executes its transfers (without one, closed windows wait):
+        # by default over the transfer channel [clearing] names (see config.py _settlement_channel).
+        rail = self.settings.clearing.settlement_channel
+        if settlement is None and rail and self.gateway is not None:
+            from dualflow.adapters.transfer.settlement import RailSettlementExecutor
+
+            settlement = RailSettlementExecutor(self.gateway.adapters[rail],  # type: ignore[arg-type]
+                                                self.settings.clearing.rail_accounts)
         self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
         # Reconciliation: each channel's statement against our payments (on request, and daily
         # when [reconciliation] enables it); what a statement proves moves through the payments.
@@ -238,6 +245,8 @@ class Platform:
 
     async def _channel_answer(self, kind: str, object_id: str, answer: ChannelAnswer) -> None:
         """A verified callback: applied like a poll answer (idempotent, any order)."""
+        if object_id.startswith("stl."):  # a settlement transfer (adapters/transfer/settlement.py)
+            return  # acknowledged: the clearing service's driver asks the rail itself
         if kind == "refund":
             await self.payments.apply_refund_answer(object_id, answer, source="callback")
         else:
