@@ -16,6 +16,10 @@ after which another channel may be tried.
 
 Adapters plug in through the entry-point group `dualflow.adapters`: each entry
 point names a factory `(ChannelConfig) -> ChannelAdapter`.
+
+Optional capabilities are small protocols of their own, checked with isinstance, so an adapter
+without them still satisfies `ChannelAdapter`: `BalanceReporting` (`fetch_balance`, the balance the
+channel reports for our account with it, used by reconciliation's balance drift check).
 """
 
 from __future__ import annotations
@@ -321,3 +325,38 @@ class ChannelAdapter(Protocol):
         ...
 
     def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBalance:
+    """What a channel says it holds for us in one currency at `as_of_unix_s`: settled funds net of
+    its fees and of the refunds it paid out, as its own book computes them (minor units; negative
+    when we owe the channel)."""
+
+    channel: str
+    currency: str
+    amount_minor: int
+    as_of_unix_s: int
+
+
+class BalanceUnavailable(Exception):
+    """No balance we can trust: the channel could not be reached, answered an error, or its reply
+    did not verify (`reason`: CONNECTION_FAILED, TIMEOUT, BANK_ERROR, UNTRUSTED, GARBLED,
+    UNSUPPORTED_CURRENCY, UNSUPPORTED: not configured for it). Never a number to compare against."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@runtime_checkable
+class BalanceReporting(Protocol):
+    """Optional: an adapter that can ask its channel for our balance there. Check with
+    `isinstance(adapter, BalanceReporting)`; adapters without it are simply not drift-checked."""
+
+    name: str
+
+    async def fetch_balance(self, currency: str) -> ChannelBalance:
+        """The channel's signed, verified report of our balance in `currency`; raise
+        BalanceUnavailable when there is none to trust."""
+        ...

@@ -18,7 +18,11 @@ later: by callback or query), `settle_after_ms`, `duplicate_callback_rate`, `bad
 `outage` (refuse connections), `fee_fixed`, `fee_bps`, `statement_fault` (the statement comes out
 broken for reconciliation tests: "bad_row", "wrong_totals", "truncated", "bad_checksum"; "" for a
 good one), `callback_drop_rate` (PSP and rail: notifications never sent), `phantom_amount` (card
-bank: one approved payment of that amount nobody sent, on its book and statement; reads back 0).
+bank: one approved payment of that amount nobody sent, on its book and statement; reads back 0),
+`balance_offset` (minor units, may be negative: added to the balance the bank reports for us, for
+balance drift tests). Each bank reports that balance over its own verified channel: the card
+bank's admin `GET /balance?currency=` (MACed), the PSP's signed
+`GET /v3/merchant/fund/balance/BASIC?currency=`, the rail's signed `GET /balances/{currency}`.
 Every statement carries a trailer or summary with counts and totals, and a checksum:
 the card bank's a MAC in its trailer, the PSP's a hash in its signed bill reply, the transfer
 rail's the reply signature over the body.

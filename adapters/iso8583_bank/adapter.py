@@ -25,8 +25,10 @@ from typing import Any
 import aiohttp
 
 from dualflow.adapters.contract import (
+    BalanceUnavailable,
     CallbackEvent,
     Capabilities,
+    ChannelBalance,
     ChannelConfig,
     ChannelResult,
     FeeSchedule,
@@ -42,6 +44,7 @@ from dualflow.adapters.statements import CHUNK_BYTES, download, temporary_file
 from dualflow.core.payments.model import Asset
 
 from . import transformers
+from .balance import balance_key, parse_balance
 from .link import Link, LinkSettings, NoAnswer, NotSent, log
 from .metrics import LATENCY, REQUESTS
 from .spec import CURRENCY_NUMERIC, NETWORK, PURCHASE_OR_REFUND, REVERSAL
@@ -87,6 +90,7 @@ class Iso8583BankAdapter:
             reconnect_max_s=float(s.get("reconnect_max_s", 5.0))), key)
         self._sent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._statement_key = statement_key(key)
+        self._balance_key = balance_key(key)
 
     def __repr__(self) -> str:
         return f"Iso8583BankAdapter(name={self.name!r}, link={self._link!r})"
@@ -184,6 +188,27 @@ class Iso8583BankAdapter:
         with spool:
             for line in spool.lines():
                 yield line
+
+    async def fetch_balance(self, currency: str) -> ChannelBalance:
+        """Our balance at the bank from its MACed balance report (`GET {statement_url}/balance`,
+        see `balance`); BalanceUnavailable when there is none to trust."""
+        if not self._statement_url:
+            raise BalanceUnavailable("UNSUPPORTED", f"channel {self.name!r}: no statement_url configured")
+        if currency not in self._currencies:
+            raise BalanceUnavailable("UNSUPPORTED_CURRENCY", f"channel {self.name!r} does not settle {currency}")
+        where = f"channel {self.name!r}: balance {currency}"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+                async with session.get(f"{self._statement_url}/balance", params={"currency": currency}) as resp:
+                    data = await resp.content.read(4096)
+                    status = resp.status
+        except asyncio.TimeoutError:
+            raise BalanceUnavailable("TIMEOUT", f"{where}: timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BalanceUnavailable("CONNECTION_FAILED", f"{where}: {exc.__class__.__name__}") from None
+        if status != 200:
+            raise BalanceUnavailable("BANK_ERROR", f"{where}: HTTP {status}")
+        return parse_balance(data, self.name, currency, self._balance_key, time.time())
 
     # ---- helpers
     def _check_terms(self, currency: str, amount: int, *, limits: bool = True) -> None:

@@ -28,9 +28,11 @@ from yarl import URL
 
 from dualflow.adapters import metrics
 from dualflow.adapters.contract import (
+    BalanceUnavailable,
     CallbackEvent,
     CallbackRejected,
     Capabilities,
+    ChannelBalance,
     ChannelConfig,
     ChannelResult,
     FeeSchedule,
@@ -480,6 +482,32 @@ class PspAdapter:
         with spool:
             for line in spool.lines():
                 yield line
+
+    async def fetch_balance(self, currency: str) -> ChannelBalance:
+        """Our balance at the PSP (GET /v3/merchant/fund/balance/BASIC, WeChat's fund balance query
+        with the currency named): believed only when the reply's signature verifies like any other
+        reply's; `available_amount` is what it holds for us net of its fees and refunds paid out."""
+        if currency not in self._caps.currencies:
+            raise BalanceUnavailable("UNSUPPORTED_CURRENCY", f"channel {self.name!r} does not settle {currency}")
+        try:
+            reply = await self._request("GET", f"/v3/merchant/fund/balance/BASIC?currency={quote(currency)}")
+        except _Transport as exc:
+            raise BalanceUnavailable("TIMEOUT" if exc.reason == "TIMEOUT" else "CONNECTION_FAILED",
+                                     f"channel {self.name!r}: balance {currency}: {exc.reason}") from None
+        if not reply.trusted:
+            raise BalanceUnavailable("UNTRUSTED", f"channel {self.name!r}: balance {currency}: reply not trusted "
+                                                  f"({reply.distrust})")
+        if reply.status != 200:
+            raise BalanceUnavailable("BANK_ERROR", f"channel {self.name!r}: balance {currency}: HTTP {reply.status} "
+                                                   f"{self._error_code(reply)}")
+        try:
+            obj = reply.json()
+            amount, as_of, theirs = obj["available_amount"], obj["as_of_unix_s"], obj.get("currency", currency)
+            if type(amount) is not int or type(as_of) is not int or theirs != currency:
+                raise ValueError(obj)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BalanceUnavailable("GARBLED", f"channel {self.name!r}: balance {currency}: garbled reply") from None
+        return ChannelBalance(self.name, currency, amount, as_of)
 
     async def _download_bill(self, business_date: str, into: IO[bytes]) -> bool:
         """Fetch the bill into `into`; False when the PSP says there is none for that day."""

@@ -26,9 +26,11 @@ from yarl import URL
 
 from dualflow.adapters import metrics
 from dualflow.adapters.contract import (
+    BalanceUnavailable,
     CallbackEvent,
     CallbackRejected,
     Capabilities,
+    ChannelBalance,
     ChannelResult,
     Flow,
     FlowNotSupported,
@@ -276,6 +278,29 @@ class TransferAdapter:
         if status != 200:
             code = self._error_code(body) or str(status)
             raise StatementUnavailable("BANK_ERROR", f"statement {business_date}: the bank answered {code}")
+
+    async def fetch_balance(self, currency: str) -> ChannelBalance:
+        """Our balance at the bank (`GET /balances/{currency}`): settled collections less returns
+        and fees, as its book computes it. Believed only when the reply's signature verifies."""
+        if currency not in self.settings.currencies:
+            raise BalanceUnavailable("UNSUPPORTED_CURRENCY", f"channel {self.name!r} does not move {currency}")
+        reply = await self._exchange("GET", f"/balances/{_segment(currency)}", b"", self._timeout)
+        where = f"channel {self.name!r}: balance {currency}"
+        if isinstance(reply, ChannelResult):
+            reason = ("UNTRUSTED" if reply.reason in _UNVERIFIED.values()
+                      else "TIMEOUT" if reply.reason in ("TIMEOUT", "CONNECT_TIMEOUT") else "CONNECTION_FAILED")
+            raise BalanceUnavailable(reason, f"{where}: {reply.reason}")
+        if reply.status != 200:
+            code = self._error_code(reply.body) or str(reply.status)
+            raise BalanceUnavailable("BANK_ERROR", f"{where}: the bank answered {code}")
+        try:
+            obj = load_json(reply.body)
+            amount, as_of = obj["amount"], obj["as_of_unix_s"]
+            if type(amount) is not int or type(as_of) is not int or obj.get("currency") != currency:
+                raise WireError("not a balance")
+        except (WireError, KeyError, TypeError, AttributeError):
+            raise BalanceUnavailable("GARBLED", f"{where}: garbled reply") from None
+        return ChannelBalance(self.name, currency, amount, as_of)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallbackEvent:
         try:

@@ -22,6 +22,8 @@ Card-bank choices for the uniform profile:
   not call back.
 - `phantom_amount`: the bank books one approved payment of that amount nobody sent (an
   invented transaction, for reconciliation tests); the field reads back 0.
+- `balance_offset`: added to every balance the bank reports (minor units, may be negative), a
+  drifted book for reconciliation's balance drift tests.
 - A request with a bad MAC is answered 63 (security violation), properly MACed, and not
   booked. Latency and faults apply to financial messages and status queries; sign-on and echo
   are answered at once by the bank's front end (unless `outage`).
@@ -66,6 +68,7 @@ class Profile:
     # Book one approved payment of this amount (CNY) that nobody sent: it shows on the statement and
     # in the book, never in a reply (reconciliation must find it MISSING_INTERNALLY). Reads back 0.
     phantom_amount: int = 0
+    balance_offset: int = 0  # added to every balance reported: a drifted book (may be negative)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial profile; validates everything before changing anything."""
@@ -80,6 +83,9 @@ class Profile:
             elif name == "outage":
                 if not isinstance(value, bool):
                     raise ValueError("outage must be true or false")
+            elif name == "balance_offset":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError("balance_offset must be an integer (minor units)")
             elif name.endswith("_rate"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                     raise ValueError(f"{name} must be a number in 0..1")
@@ -349,6 +355,30 @@ class Bank:
     def book_view(self) -> list[dict[str, Any]]:
         self.settle_due()
         return [entry.public() for entry in self.book.values()]
+
+    def balance(self, currency: str, mac_key: bytes, now_s: int) -> bytes:
+        """What the bank holds for us in `currency`, as its settlement files count it (every line
+        that moved money: approved payments, reversals that undid one, approved refunds), net of
+        fees, plus the profile's `balance_offset`. One line, MACed like a settlement file under
+        AES-CMAC(MAC key, "DUALFLOW BALANCE REPORT"):
+
+            BALANCE,<currency>,<amount>,<as of, unix seconds>,<MAC>\n
+
+        the MAC (32 upper-case hex digits) over every byte before it, the last comma included."""
+        self.settle_due()
+        total = self.profile.balance_offset
+        for e in self.book.values():
+            if e.currency != currency:
+                continue
+            if e.kind == "reverse":
+                moved = e.effect == "reversed"
+            else:
+                moved = e.status in ("SUCCEEDED", "REVERSED")
+            if moved:
+                total += (e.amount if e.kind == "pay" else -e.amount) - e.fee
+        head = f"BALANCE,{currency},{total},{now_s},".encode()
+        mac = aes_cmac(aes_cmac(mac_key, b"DUALFLOW BALANCE REPORT"), head).hex().upper()
+        return head + mac.encode() + b"\n"
 
     def statement(self, business_date: str, mac_key: bytes) -> bytes:
         """The day's settlement file: what moved money (or was refused), as the bank booked it.

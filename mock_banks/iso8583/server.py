@@ -3,7 +3,9 @@
 Listens on TCP for length-framed ISO 8583 (see `wire.py`), answers each request in its own task
 (so replies come back in whatever order latency and jitter make, matched by the client on the
 STAN), and serves the uniform admin endpoint over HTTP (see mock_banks/launcher.py), plus
-`GET /stats` (connections, sign-ons, echoes, queries, duplicates, bad MACs, unreadable frames).
+`GET /stats` (connections, sign-ons, echoes, queries, duplicates, bad MACs, unreadable frames)
+and `GET /balance?currency=` (our balance at the bank, MACed: bank.py `balance`; in real life a
+balance report next to the settlement files).
 
 A frame the bank cannot parse is dropped without an answer: without a trustworthy STAN it cannot
 say whom it answers. A request with a bad MAC is answered 63 and not booked.
@@ -17,6 +19,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -192,12 +195,24 @@ def admin_app(server: CardBankServer) -> web.Application:
             return web.json_response({"error": "date=YYYY-MM-DD required"}, status=400)
         return web.Response(body=bank.statement(day, server.key), content_type="text/csv")
 
+    async def get_balance(request: web.Request) -> web.Response:
+        currency = request.query.get("currency", "")
+        if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+            return web.json_response({"error": "currency=XXX required"}, status=400)
+        body = bank.balance(currency, server.key, int(time.time()))
+        # The profile's bad_signature_rate: a report the client must not believe (drawn only while it
+        # is above 0, so a seeded run's decisions stay the same).
+        if bank.profile.bad_signature_rate and bank.draw().bad_mac:
+            body = body[:-2] + (b"0" if body[-2:-1] != b"0" else b"1") + b"\n"
+        return web.Response(body=body, content_type="text/plain")
+
     async def get_stats(_request: web.Request) -> web.Response:
         return web.json_response({**asdict(bank.stats), "open_connections": server.open_connections})
 
     app = web.Application()
     app.add_routes([web.get("/profile", get_profile), web.put("/profile", put_profile), web.get("/book", get_book),
-                    web.get("/statement", get_statement), web.get("/stats", get_stats)])
+                    web.get("/statement", get_statement), web.get("/balance", get_balance),
+                    web.get("/stats", get_stats)])
     return app
 
 

@@ -19,6 +19,9 @@ API (on --port):
   GET  /v3/refund/domestic/refunds/{out_refund_no}       the refund
   GET  /v3/bill/tradebill?bill_date=YYYY-MM-DD           download_url + SHA1 of the bill
   GET  /v3/billdownload/file?token=...                   the bill (CSV, unsigned as WeChat's)
+  GET  /v3/merchant/fund/balance/BASIC?currency=CNY      our balance here, signed like every reply:
+                                                         {available_amount, pending_amount,
+                                                         currency, as_of_unix_s} (minor units)
 Business days and times are UTC (WeChat's are China Standard Time).
 
 Callbacks: TRANSACTION.SUCCESS for every successful payment, REFUND.SUCCESS for every
@@ -29,7 +32,9 @@ earlier ones), `callback_retry_ms` (first retry delay, doubling to 5 s),
 `callback_max_attempts`, `hang_ms` (how long a timed-out request hangs), `statement_fault` (a
 broken trade bill: bad_row, wrong_totals, truncated, bad_checksum; see STATEMENT_FAULTS),
 `callback_drop_rate` (notifications never sent: the platform must query or reconcile; drawn from a
-generator of its own, only while above 0, so a seeded run's other draws stay the same).
+generator of its own, only while above 0, so a seeded run's other draws stay the same),
+`balance_offset` (minor units, may be negative: added to every balance reported, a drifted book
+for reconciliation tests).
 
 Admin (on --admin-port): GET/PUT /profile, GET /book, GET /statement?date=, POST /rotate,
 GET /callbacks (each notification's id, type, attempts and acknowledgements), GET /keys.
@@ -77,7 +82,7 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "lost_reply_rate": 0.0, "late_reply_ms": 0, "pending_rate": 0.0, "settle_after_ms": 1000,
     "duplicate_callback_rate": 0.0, "bad_signature_rate": 0.0, "outage": False, "fee_fixed": 0, "fee_bps": 0,
     "callback_url": "", "callback_reorder_ms": 0, "callback_retry_ms": 200, "callback_max_attempts": 15,
-    "hang_ms": 30_000, "statement_fault": "", "callback_drop_rate": 0.0,
+    "hang_ms": 30_000, "statement_fault": "", "callback_drop_rate": 0.0, "balance_offset": 0,
 }
 # How the trade bill comes out broken, for reconciliation tests: "" (a good bill), "bad_row" (the
 # middle line's 交易状态 is garbled), "wrong_totals" (the summary counts one line too many),
@@ -89,6 +94,10 @@ STATEMENT_FAULTS = ("", "bad_row", "wrong_totals", "truncated", "bad_checksum")
 
 def _coerce(name: str, value: Any) -> Any:
     default = DEFAULT_PROFILE[name]
+    if name == "balance_offset":  # the one signed field: a drift either way
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("balance_offset must be an integer (minor units)")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
@@ -572,6 +581,36 @@ class MockPsp:
             return _error(400, "INVALID_REQUEST", "token expired or unknown")
         return Reply(200, raw=entry[1], signed=False, content_type="text/plain")
 
+    # ---- our balance here
+
+    def balance(self, currency: str) -> tuple[int, int]:
+        """(available, pending) in minor units, from the book: every paid order's amount less its
+        fee, less every refund paid out; refunds still PROCESSING are pending. Plus the profile's
+        `balance_offset` (a drifted book, for tests)."""
+        available = self.profile["balance_offset"]
+        pending = 0
+        for o in self.orders.values():
+            if o.currency == currency and not o.tombstone and o.success_at is not None:
+                available += o.amount - o.fee
+        for r in self.refunds.values():
+            if r.order.currency != currency:
+                continue
+            if r.status == "SUCCESS":
+                available -= r.amount
+            elif r.status == "PROCESSING":
+                pending += r.amount
+        return available, pending
+
+    async def fund_balance(self, request: web.Request, body: bytes, fate: Fate) -> Reply:
+        currency = request.query.get("currency", "CNY")
+        if request.match_info["account_type"] != "BASIC":
+            return _error(400, "PARAM_ERROR", "account_type must be BASIC")
+        if currency not in EXPONENTS:
+            return _error(400, "PARAM_ERROR", "currency is not one this PSP settles")
+        available, pending = self.balance(currency)
+        return Reply(200, {"available_amount": available, "pending_amount": pending, "currency": currency,
+                           "as_of_unix_s": int(time.time())})
+
     # ---- callbacks
 
     def notify(self, event_type: str, original_type: str, summary: str, resource: dict[str, Any],
@@ -702,6 +741,7 @@ class MockPsp:
         app.router.add_get("/v3/refund/domestic/refunds/{no}", self.refund_query)
         app.router.add_get("/v3/bill/tradebill", self.tradebill)
         app.router.add_get("/v3/billdownload/file", self.billfile)
+        app.router.add_get("/v3/merchant/fund/balance/{account_type}", self.fund_balance)
         return app
 
     def admin_app(self) -> web.Application:

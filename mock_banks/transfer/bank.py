@@ -38,6 +38,9 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     # (no trailer, the last line cut in half), "bad_checksum" (the body is changed after the reply
     # was signed). The signature covers whatever the bank sent, so only "bad_checksum" fails it.
     "statement_fault": "",
+    # Added to every balance the bank reports (minor units, may be negative): a drifted book, for
+    # reconciliation's balance drift tests.
+    "balance_offset": 0,
 }
 STATEMENT_FAULTS = ("", "bad_row", "wrong_totals", "truncated", "bad_checksum")
 _RATES = {k for k in PROFILE_DEFAULTS if k.endswith("_rate")}
@@ -70,7 +73,10 @@ def validate_profile(changes: Any) -> dict[str, Any]:
         if name not in PROFILE_DEFAULTS:
             raise ValueError(f"unknown profile field {name!r}")
         default = PROFILE_DEFAULTS[name]
-        if isinstance(default, str):
+        if name == "balance_offset":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer (minor units)")
+        elif isinstance(default, str):
             if value not in STATEMENT_FAULTS:
                 raise ValueError(f"{name} must be one of {STATEMENT_FAULTS}")
         elif isinstance(default, bool):
@@ -404,6 +410,18 @@ class Bank:
     def book(self, now: float) -> list[dict[str, Any]]:
         self.due(now)
         return [t.book_line() for t in self.transfers.values()]
+
+    def balance(self, currency: str, now: float) -> int:
+        """What the bank holds for us in `currency`, from its book: settled collections less
+        settled returns, less the fees of both (payouts are the clearing's, not a channel
+        balance's), plus the profile's `balance_offset`."""
+        self.due(now)
+        total = self.profile["balance_offset"]
+        for t in self.transfers.values():
+            if t.currency != currency or t.status != "SETTLED" or t.direction not in ("collect", "return"):
+                continue
+            total += (t.amount if t.direction == "collect" else -t.amount) - t.fee
+        return total
 
     def statement(self, business_date: str, now: float) -> str:
         """Every transfer that became final on that UTC day, as CSV with a header, then the trailer

@@ -9,6 +9,9 @@ and exits 0 on SIGTERM or SIGINT. The first key signs, every key verifies (key r
 Faults come from the profile (bank.py lists the fields); `outage` closes the API's listening
 socket and every open connection, so clients see connections refused until it is lifted.
 
+The API also answers `GET /balances/{currency}`: our balance at the bank (bank.py `balance`),
+signed like every reply.
+
 Admin (HTTP JSON, no auth, loopback): GET/PUT /profile, GET /book, GET /statement?date=,
 GET/PUT /accounts (register accounts with balances, closed or invalid ones), GET /callbacks
 (each notification's delivery attempts and whether it was acknowledged).
@@ -69,6 +72,7 @@ class TransferBankServer:
         api.router.add_get("/transfers/{id}", self.get_transfer)
         api.router.add_post("/transfers/{id}/return", self.post_return)
         api.router.add_get("/statements/{date}", self.get_statement)
+        api.router.add_get("/balances/{currency}", self.get_balance)
         # Cancel a handler whose client went away: a held (timed-out) request never completes.
         self.api_runner = web.AppRunner(api, handle_signals=False, access_log=None, handler_cancellation=True,
                                         shutdown_timeout=0.5)
@@ -218,6 +222,21 @@ class TransferBankServer:
         if self.bank.profile["statement_fault"] == "bad_checksum":
             reply.body = (reply.body or b"") + b"# tampered after signing\n"  # type: ignore[operator]
         return reply
+
+    async def get_balance(self, request: web.Request) -> web.StreamResponse:
+        """Our balance in one currency, `{currency, amount, as_of_unix_s}`, signed like every reply."""
+        body, kid, refused = await self._authentic(request)
+        if refused is not None:
+            return refused
+        currency = request.match_info["currency"]
+        if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+            return self._reply(request, kid, 400, {"error": {"code": "INVALID_REQUEST", "message": "currency"}})
+        now = time.time()
+        self._notify(self.bank.due(now))
+        rate = self.bank.profile["bad_signature_rate"]  # drawn only while above 0: seeded decisions stay put
+        corrupt = bool(rate) and self.bank.draw().bad_signature < rate
+        return self._reply(request, kid, 200, {"currency": currency, "amount": self.bank.balance(currency, now),
+                                               "as_of_unix_s": int(now)}, corrupt=corrupt)
 
     # ---- settlement clock and callbacks
     def _schedule(self) -> None:
