@@ -310,11 +310,19 @@ def _settlement_channel(clearing: ClearingSettings, channels: Sequence[ChannelCo
         if clearing.settlement_channel not in rails:
             raise ConfigError(f"{at}.settlement_channel", f"{clearing.settlement_channel!r} is not a [[channels]] "
                                                           "entry of kind \"transfer\"")
-        return clearing.settlement_channel
-    if len(rails) != 1:
+        chosen = clearing.settlement_channel
+    elif len(rails) != 1:
         raise ConfigError(f"{at}.settlement_channel", f"{len(rails)} transfer channels are configured; name the one "
                                                       "settlement transfers go over")
-    return rails[0]
+    else:
+        chosen = rails[0]
+    # A currency the rail does not move would leave its windows SETTLING for ever: refuse it now.
+    moved = next(c for c in channels if c.name == chosen).settings.get("currencies", ["CNY"])
+    for i, code in enumerate(clearing.currencies):
+        if not isinstance(moved, list) or code not in moved:
+            raise ConfigError(f"{at}.currencies[{i}]", f"{code!r} is not moved by the settlement channel {chosen!r} "
+                                                       "(its settings.currencies)")
+    return chosen
 
 
 def _non_negative(value: Any, at: str) -> int:

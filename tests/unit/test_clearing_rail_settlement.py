@@ -63,6 +63,8 @@ PROBLEMS = [
      "clearing.settlement_channel", "transfer"),
     (CLEARING + ACCOUNTS + channel("r1") + channel("r2"), "clearing.settlement_channel", "2 transfer channels"),
     (CLEARING + ACCOUNTS, "clearing.settlement_channel", "0 transfer channels"),
+    (CLEARING + ACCOUNTS + channel("r") + '[channels.settings]\ncurrencies = ["USD"]\n', "clearing.currencies[0]",
+     "settlement channel"),
 ]
 
 
