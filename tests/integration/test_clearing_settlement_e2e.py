@@ -9,6 +9,10 @@ same instruction id asks the rail, which knows the transfer. Then: the window is
 book has exactly one transfer per instruction with the net amounts; the pool ledger accounts moved by
 exactly the net positions, as did the pool accounts in the bank's own book; each instruction is one
 line of the bank's statement; the trial balance and the pool invariant hold.
+
+A second test stops the platform after each transfer left for the bank and before any answer was
+recorded (a crash between send and record); the restarted platform sends the same ids again, the
+bank deduplicates them, and each net amount is paid once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from prometheus_client import REGISTRY
 
 from dualflow.adapters.transfer.settlement import RailSettlementExecutor, rail_id
 from dualflow.clearing.pools import deposit_own_funds, pool_balances
+from dualflow.clearing.window import WindowState
 from dualflow.gateway.sandbox import NAMES, Sandbox
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import clearing_pb2 as pb
@@ -46,15 +51,15 @@ def _inline(account: dict[str, str]) -> str:
     return "{ " + ", ".join(f'{k} = "{v}"' for k, v in account.items()) + " }"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    # One bank per test: window ids (so rail ids) start again with each fresh database.
     box = Sandbox(tmp_path_factory.mktemp("clearing-sandbox"), seed=5).start(kinds=("transfer",))
     yield box
     box.stop()
 
 
-@pytest.fixture
-async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
+def configure(tmp_path: Path, sandbox: Sandbox) -> ServerConfig:
     rail = sandbox.banks[RAIL]
     # Fees on settlement transfers are not modelled by clearing yet: a free rail, so balances compare.
     rail.set_profile(lost_reply_rate=0.0, timeout_rate=0.0, decline_rate=0.0, outage=False, pending_rate=0.8,
@@ -75,8 +80,13 @@ invariant_interval_s = 0
 
 {sandbox.channels_toml()}
 """.replace("'", '"'))
-    p = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
-                              expiry_interval_s=0, callback_port=sandbox.callback_port))
+    return ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
+                        expiry_interval_s=0, callback_port=sandbox.callback_port)
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
+    p = Platform(configure(tmp_path, sandbox))
     await p.start()
     try:
         yield p
@@ -211,3 +221,57 @@ async def test_a_day_settles_net_through_the_rail_despite_a_lost_reply(platform:
         deliveries = await asyncio.to_thread(rail._call, "GET", "/callbacks")
         return bool(deliveries) and all(d["acknowledged"] >= 1 for d in deliveries if not d["dropped"])
     await eventually(acknowledged)
+
+
+class SendsThenHangs:
+    """The real executor, whose process dies after the request left and before the answer is
+    recorded: the send goes out, then the driver waits until the platform stops."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.sent = inner, 0
+
+    async def send(self, order: Any) -> Any:
+        await self.inner.send(order)
+        self.sent += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_crash_between_send_and_record_pays_once(tmp_path: Path, sandbox: Sandbox) -> None:
+    rail = sandbox.banks[RAIL]
+    config = configure(tmp_path, sandbox)
+    first = Platform(config)
+    hanging = SendsThenHangs(first.clearing.executor)
+    first.clearing.executor = hanging
+    await first.start()
+    try:
+        for i, (debtor, creditor, amount) in enumerate([("bank-a", "bank-b", 900), ("bank-b", "bank-c", 400),
+                                                        ("bank-c", "bank-a", 100)]):
+            await first.clearing.record(f"o{i}", debtor, creditor, amount, "CNY")
+        closed = await first.clearing.close_window()
+        instructions = [(i.instruction_id, i.amount_minor) for i in closed.instructions]
+
+        async def all_sent() -> bool:
+            return hanging.sent == len(instructions)
+        await eventually(all_sent)
+        stored = await first.ledger.query("SELECT COUNT(*) FROM clearing_instructions WHERE state != ?", ("pending",))
+    finally:
+        await first.stop()  # the driver is cancelled with every answer unrecorded
+    assert [tuple(r) for r in stored] == [(0,)]  # nothing recorded: each is pending, as before its send
+    booked = [line for line in await asyncio.to_thread(rail.book) if line["instruction_id"].startswith("stl.")]
+    assert len(booked) == len(instructions)  # ... yet the bank has every one
+
+    second = Platform(config)  # the restart: same database, the executor from [clearing]
+    await second.start()
+    try:
+        # (Its driver's first pass may already be under way: the unrecorded sends go out again.)
+        async def settled() -> bool:
+            await second.clearing.drive()
+            return (await second.clearing.window(closed.window_id)).state is WindowState.SETTLED
+        await eventually(settled)
+        book = [line for line in await asyncio.to_thread(rail.book) if line["instruction_id"].startswith("stl.")]
+        assert sorted((line["instruction_id"], line["amount"], line["status"]) for line in book) == sorted(
+            (rail_id(iid), amount, "SUCCEEDED") for iid, amount in instructions)
+        balances = {b.pool: b.balance_minor for b in await pool_balances(second.ledger, POOLS, ["CNY"])}
+        assert balances == {"bank-a": -800, "bank-b": 500, "bank-c": 300}
+    finally:
+        await second.stop()
