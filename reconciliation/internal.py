@@ -12,6 +12,10 @@ findings by kind; a clean platform has none:
     STALE_PENDING       a pending transfer still pending past its timeout (plus a grace)
     OUTBOX_UNDELIVERED  outbox events past the webhook cursor older than the allowed lag
     OUTBOX_CURSOR_AHEAD the webhook cursor is past the outbox head (events lost)
+    BALANCE_DRIFT       a channel's reported balance differs from our receivable for it by more
+                        than our payments and refunds in flight explain (drift.py; with `adapters`)
+    BALANCE_UNAVAILABLE a channel with the balance capability gave no balance we can trust
+                        (these two are counted only when some channel reports balances)
 
 The transfers a payment must have follow core/payments/procedures.py, where every transfer id is
 `transfer_id(object id, leg)`: an internal payment `pay` (+ `fee` when it has one); an external
@@ -23,10 +27,11 @@ is external: its hold was posted). Any other leg of the same family is an extra 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
+from dualflow.adapters.contract import ChannelAdapter
 from dualflow.core.database import Database
 from dualflow.core.payments.accounts import transfer_id
 from dualflow.core.payments.model import PaymentStatus, RefundStatus
@@ -34,9 +39,12 @@ from dualflow.core.payments.procedures import CODE_FEE, CODE_HOLD, CODE_PAYMENT,
 from dualflow.core.payments.records import payment_from_body, refund_from_body
 
 from . import metrics
+from .drift import BalanceDrift, ChannelDrift
 
 KINDS: Final = ("TRIAL_BALANCE", "PAYMENT_POSTINGS", "REFUND_POSTINGS", "ORPHAN_POSTING", "STALE_PENDING",
                 "OUTBOX_UNDELIVERED", "OUTBOX_CURSOR_AHEAD")
+# Counted (in `counts`, 0 when clean) only when at least one channel reports balances.
+BALANCE_KINDS: Final = ("BALANCE_DRIFT", "BALANCE_UNAVAILABLE")
 PAYMENT_CODES: Final = (CODE_PAYMENT, CODE_FEE, CODE_REFUND, CODE_HOLD)
 PAGE: Final = 500
 NS: Final = 10**9
@@ -57,10 +65,11 @@ class InternalReport:
     payments: int = 0
     refunds: int = 0
     transfers: int = 0  # payment-coded transfers scanned for orphans
+    balances: list[ChannelDrift] = field(default_factory=list)  # every channel and currency compared
 
     def add(self, kind: str, subject: str, detail: str) -> None:
-        assert kind in KINDS, kind
-        self.counts[kind] += 1
+        assert kind in KINDS or kind in BALANCE_KINDS, kind
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         self.findings.append(Finding(kind, subject, detail))
 
 
@@ -86,8 +95,10 @@ def refund_legs(internal: bool) -> tuple[dict[str, str], set[str]]:
 
 class InternalCheck:
     def __init__(self, db: Database, *, clock_ns: Callable[[], int] = time.time_ns, pending_grace_s: int = 60,
-                 outbox_lag_s: int = 300, findings_max: int = 10_000) -> None:
+                 outbox_lag_s: int = 300, findings_max: int = 10_000,
+                 adapters: Mapping[str, ChannelAdapter] | None = None) -> None:
         self.db = db
+        self.drift = BalanceDrift(db, adapters or {})
         self.clock_ns = clock_ns
         self.pending_grace_s = pending_grace_s
         self.outbox_lag_s = outbox_lag_s
@@ -102,8 +113,9 @@ class InternalCheck:
         await self._orphans(report, known)
         await self._stale_pending(report)
         await self._outbox(report)
-        for kind in KINDS:
-            metrics.INTERNAL_FINDINGS.labels(kind).set(report.counts[kind])
+        await self._balance_drift(report)
+        for kind in KINDS + BALANCE_KINDS:
+            metrics.INTERNAL_FINDINGS.labels(kind).set(report.counts.get(kind, 0))
         metrics.INTERNAL_CHECKS.inc()
         del report.findings[self.findings_max:]
         return report
@@ -206,6 +218,17 @@ class InternalCheck:
         for tid, expires, amount, currency in rows:
             report.add("STALE_PENDING", str(tid), f"{int(amount)} {currency} still pending "
                                                   f"{(report.checked_at_ns - int(expires)) / NS:.0f} s past its timeout")
+
+    async def _balance_drift(self, report: InternalReport) -> None:
+        report.balances = await self.drift.check()
+        if report.balances:
+            for kind in BALANCE_KINDS:
+                report.counts.setdefault(kind, 0)
+        for found in report.balances:
+            if found.error:
+                report.add("BALANCE_UNAVAILABLE", found.subject, found.detail())
+            elif found.unexplained:
+                report.add("BALANCE_DRIFT", found.subject, found.detail())
 
     async def _outbox(self, report: InternalReport) -> None:
         head_rows = await self.db.query("SELECT MAX(seq) FROM outbox")

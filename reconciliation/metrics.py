@@ -53,6 +53,18 @@ INTERNAL_CHECKS = Counter(
     "dualflow_reconciliation_internal_checks_total",
     "Internal reconciliation checks run.",
 )
+BALANCE_DRIFT = Gauge(
+    "dualflow_reconciliation_balance_drift_minor",
+    "The balance a channel reports for us minus our receivable for it (posted), minor units, at the last "
+    "internal check; items in flight make it move (reconciliation/drift.py).",
+    ["channel", "currency"],
+)
+BALANCE_UNEXPLAINED = Gauge(
+    "dualflow_reconciliation_balance_unexplained_minor",
+    "The part of the balance drift that our payments and refunds in flight do not explain, minor units: 0 "
+    "when the books agree; not 0 is a BALANCE_DRIFT finding.",
+    ["channel", "currency"],
+)
 
 # Ages of an unresolved discrepancy: (label, upper bound in seconds).
 AGE_BUCKETS: tuple[tuple[str, float], ...] = (

@@ -88,7 +88,7 @@ class ReconciliationService:
         self.fee_for = fee_for
         self.clock_ns = clock_ns
         self._running: dict[tuple[str, str], asyncio.Task[RunReport]] = {}
-        self.internal = InternalCheck(db, clock_ns=clock_ns)
+        self.internal = InternalCheck(db, clock_ns=clock_ns, adapters=self.adapters)
 
     async def start(self) -> None:
         await self.reconciler.open()

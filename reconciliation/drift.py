@@ -1,0 +1,130 @@
+"""Balance drift: what each channel says it holds for us against our receivable for it.
+
+For every channel whose adapter has the optional `BalanceReporting` capability and every currency
+it settles, `BalanceDrift(db, adapters).check()` fetches the channel's verified balance
+(`fetch_balance`) and compares it with our receivable account for that channel and currency
+(`core/payments/accounts.py receivable_account`), read-only:
+
+    ours    = debits_posted - credits_posted     what the channel owes us, posted only
+    drift   = theirs - ours
+
+Items in flight are reported, not flagged. A payment we still hold (pending debit) may already be
+settled at the channel: it can make theirs higher by up to our `debits_pending`. A refund we still
+hold (pending credit) may already be paid out by the channel: it can make theirs lower by up to our
+`credits_pending`. So a drift within [-credits_pending, +debits_pending] is explained by what is
+in flight; only the part beyond that band (`unexplained`) is a `BALANCE_DRIFT` finding. Our
+account is read before and after the channel's answer (its `as_of` lies between the two reads),
+and a drift is flagged only when neither read explains it, so a payment that settles on both sides
+while we ask is not a finding.
+
+Fees: a channel nets its fees out at once; we post them (`channel:<name>:fee_expense`) when a
+reconciliation run posts the statement's fees. The check is meant to run after the day's runs
+(the daily scheduler runs the internal check after its pass); before them, the fees not posted
+yet show as a negative drift. A channel whose balance cannot be fetched or trusted is a
+`BALANCE_UNAVAILABLE` finding, never a number.
+
+Metrics: `dualflow_reconciliation_balance_drift_minor{channel,currency}` (theirs - ours, posted)
+and `dualflow_reconciliation_balance_unexplained_minor{channel,currency}` (beyond in flight: 0
+when the books agree; what to alert on), set for every channel and currency checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from dualflow.adapters.contract import BalanceReporting, BalanceUnavailable, ChannelAdapter
+from dualflow.core.database import Database
+from dualflow.core.payments.accounts import receivable_account
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Side(NamedTuple):
+    """Our receivable for a channel and currency at one read."""
+
+    posted: int  # debits_posted - credits_posted: what the channel owes us
+    pending_in: int  # debits_pending: payments held, maybe settled at the channel already
+    pending_out: int  # credits_pending: refunds held, maybe paid out by the channel already
+
+    def beyond(self, theirs: int) -> int:
+        """The part of theirs - posted that what is in flight does not explain (0 inside the band)."""
+        drift = theirs - self.posted
+        if drift > self.pending_in:
+            return drift - self.pending_in
+        if drift < -self.pending_out:
+            return drift + self.pending_out
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDrift:
+    channel: str
+    currency: str
+    theirs: int = 0
+    as_of_unix_s: int = 0
+    ours: int = 0  # posted, at the read that explains most
+    pending_in: int = 0
+    pending_out: int = 0
+    drift: int = 0  # theirs - ours
+    unexplained: int = 0  # beyond what is in flight; a BALANCE_DRIFT finding when not 0
+    error: str = ""  # BalanceUnavailable's reason: nothing to compare
+
+    @property
+    def subject(self) -> str:
+        return f"{self.channel}/{self.currency}"
+
+    def detail(self) -> str:
+        if self.error:
+            return f"no balance to trust from {self.channel} in {self.currency}: {self.error}"
+        return (f"drift {self.unexplained:+d} beyond in flight: {self.channel} reports {self.theirs} "
+                f"{self.currency} at {self.as_of_unix_s}, our receivable is {self.ours} posted (drift "
+                f"{self.drift:+d}; in flight: payments held {self.pending_in}, refunds held {self.pending_out})")
+
+
+class BalanceDrift:
+    def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter]) -> None:
+        self.db = db
+        self.adapters = adapters
+
+    async def check(self) -> list[ChannelDrift]:
+        """One ChannelDrift per reporting channel and currency it settles, in name order."""
+        out: list[ChannelDrift] = []
+        for name in sorted(self.adapters):
+            adapter = self.adapters[name]
+            if not isinstance(adapter, BalanceReporting):
+                continue  # a channel without the capability is not checked
+            for currency in sorted(adapter.describe().currencies):
+                out.append(await self._one(name, adapter, currency))
+        return out
+
+    async def _one(self, name: str, adapter: BalanceReporting, currency: str) -> ChannelDrift:
+        before = await self._ours(name, currency)
+        try:
+            reported = await adapter.fetch_balance(currency)
+        except BalanceUnavailable as exc:
+            log.warning("balance drift: %s", exc)
+            return ChannelDrift(name, currency, error=exc.reason)
+        after = await self._ours(name, currency)
+        theirs = reported.amount_minor
+        assert reported.channel == name and reported.currency == currency, (reported, name, currency)
+        # The channel's as_of lies between our two reads: whichever read explains more is the one
+        # its answer is compared with.
+        side = min((after, before), key=lambda s: abs(s.beyond(theirs)))
+        found = ChannelDrift(name, currency, theirs, reported.as_of_unix_s, side.posted, side.pending_in,
+                             side.pending_out, theirs - side.posted, side.beyond(theirs))
+        metrics.BALANCE_DRIFT.labels(name, currency).set(found.drift)
+        metrics.BALANCE_UNEXPLAINED.labels(name, currency).set(found.unexplained)
+        return found
+
+    async def _ours(self, channel: str, currency: str) -> Side:
+        rows = await self.db.query("SELECT debits_pending, credits_pending, debits_posted, credits_posted "
+                                   "FROM accounts WHERE id = ?", (receivable_account(channel, currency).id,))
+        if not rows:
+            return Side(0, 0, 0)  # never opened: nothing went through this channel in this currency
+        dp, cp, dpo, cpo = (int(v or 0) for v in rows[0])
+        return Side(dpo - cpo, dp, cp)

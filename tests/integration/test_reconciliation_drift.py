@@ -1,0 +1,190 @@
+"""Balance drift (issue 6) end to end: the platform against the three mock banks, each its own
+process over real sockets, RunInternalCheck over real gRPC.
+
+A few payments on every channel and a refund. Before the day's reconciliation the channels have
+netted their fees and we have not posted them yet: each channel drifts by exactly its fees. After
+the runs post the fees, every channel agrees with our receivable (drift 0, no finding). Then one
+bank's book drifts (`balance_offset`): a BALANCE_DRIFT finding for exactly that channel, the
+offset as the amount, on the gauge as well."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus, RefundStatus
+from dualflow.core.payments.procedures import PollTiming
+from dualflow.gateway.sandbox import NAMES, Sandbox
+from dualflow.gateway.server import Platform, ServerConfig
+from dualflow.v1 import reconciliation_pb2 as pb
+from dualflow.v1 import reconciliation_pb2_grpc
+
+CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
+FEE_BPS = {CARD: 55, PSP: 60, RAIL: 10}
+VISA = "4111111111111111"
+TODAY = datetime.now(timezone.utc).date().isoformat()
+OFFSET = 500
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def fee(channel: str, amount: int) -> int:
+    return (amount * FEE_BPS[channel] + 5_000) // 10_000
+
+
+def gauge(name: str, channel: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"channel": channel, "currency": "CNY"})
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    box = Sandbox(tmp_path_factory.mktemp("drift-sandbox"), seed=13).start(fee_bps={
+        "iso8583": FEE_BPS[CARD], "psp": FEE_BPS[PSP], "transfer": FEE_BPS[RAIL]})
+    yield box
+    box.stop()
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
+    for name, bank in sandbox.banks.items():
+        bank.set_profile(lost_reply_rate=0.0, timeout_rate=0.0, decline_rate=0.0, outage=False, pending_rate=0.0,
+                         fee_bps=FEE_BPS[name], statement_fault="", balance_offset=0, bad_signature_rate=0.0)
+    (tmp_path / "routing.toml").write_text('exploration = 0\n[merchants.psp-shop]\npinned = "wallet-psp"\n')
+    config = tmp_path / "dualflow.toml"
+    config.write_text(f"""
+[routing]
+file = "{tmp_path / 'routing.toml'}"
+seed = 3
+
+[vault]
+active = "k1"
+fingerprint_key = "{_key()}"
+[vault.keys]
+k1 = "{_key()}"
+
+[[merchants]]
+id = "shop"
+name = "Shop"
+currencies = ["CNY"]
+fee_bps = 100
+
+[[merchants]]
+id = "psp-shop"
+name = "A shop whose cards go to the PSP"
+currencies = ["CNY"]
+fee_bps = 100
+
+{sandbox.channels_toml()}
+""")
+    p = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
+                              expiry_interval_s=0, callback_port=sandbox.callback_port))
+    p.payments.polls = PollTiming(first_ns=50_000_000, window_ns=600 * 10**9)
+    p.payments.poll_tick_s = 0.02
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def eventually(what: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    for _ in range(int(timeout_s / 0.02)):
+        found = await what()
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} did not happen in {timeout_s} s")
+
+
+def drift_findings(result: pb.InternalCheckResult) -> dict[str, str]:
+    return {f.subject: f.detail for f in result.findings if f.kind == "BALANCE_DRIFT"}
+
+
+async def test_balances_agree_after_the_days_fees_and_an_offset_is_found_for_exactly_its_channel(
+        platform: Platform, sandbox: Sandbox) -> None:
+    assert platform.vault is not None
+    token = (await platform.vault.tokenize(VISA, 12, 2031)).token
+    amounts = {CARD: 10_000, PSP: 11_000, RAIL: 12_000}
+    paid = {}
+    for n, (channel, merchant) in enumerate(((CARD, "shop"), (PSP, "psp-shop"), (CARD, "shop"))):
+        p = await platform.payments.create_payment(PaymentRequest(
+            request_id=f"card-{n}", merchant_id=merchant, payer=f"user:u{n}", payee=f"merchant:{merchant}",
+            amount=amounts[channel], currency="CNY", asset=Asset.BANK_CARD, card_token=token))
+        paid[f"card-{n}"] = p.payment_id
+    rail = await platform.payments.create_payment(PaymentRequest(
+        request_id="rail", merchant_id="shop", payer="user:r", payee="merchant:shop", amount=amounts[RAIL],
+        currency="CNY", asset=Asset.BANK_TRANSFER, bank_account=BankAccount("ICBC", "6789", "Dave")))
+    paid["rail"] = rail.payment_id
+
+    async def all_succeeded() -> bool:
+        return all([(await platform.payments.get_payment(pid)).status is PaymentStatus.SUCCEEDED
+                    for pid in paid.values()])
+    await eventually(all_succeeded)
+    channels = {label: (await platform.payments.get_payment(pid)).channel for label, pid in paid.items()}
+    assert channels == {"card-0": CARD, "card-1": PSP, "card-2": CARD, "rail": RAIL}
+    await platform.payments.refund_payment("refund-1", paid["card-0"], 2_500)
+
+    async def refunded() -> bool:
+        return [r.status for r in await platform.payments.refunds_of(paid["card-0"])] == [RefundStatus.SUCCEEDED]
+    await eventually(refunded)
+
+    async with grpc.aio.insecure_channel(platform.address) as channel:
+        stub = reconciliation_pb2_grpc.ReconciliationStub(channel)
+
+        # The banks netted their fees at once; we post them when the day is reconciled.
+        before = await stub.RunInternalCheck(pb.RunInternalCheckRequest(), timeout=60)
+        card_fees = fee(CARD, 10_000) * 2 + sum(
+            int(line["fee"]) for line in await asyncio.to_thread(sandbox.banks[CARD].book) if line["kind"] == "refund")
+        fees = {CARD: card_fees, PSP: fee(PSP, 11_000), RAIL: fee(RAIL, 12_000)}
+        assert {k: n for k, n in before.counts.items() if n} == {"BALANCE_DRIFT": 3}, list(before.findings)
+        assert sorted(drift_findings(before)) == sorted(f"{c}/CNY" for c in (CARD, PSP, RAIL))
+        for name in (CARD, PSP, RAIL):
+            assert drift_findings(before)[f"{name}/CNY"].startswith(f"drift {-fees[name]:+d} beyond in flight")
+            assert gauge("dualflow_reconciliation_balance_drift_minor", name) == -fees[name]
+
+        for name in (CARD, PSP, RAIL):
+            run = await stub.RunReconciliation(pb.RunReconciliationRequest(channel=name, business_date=TODAY),
+                                               timeout=60)
+            assert run.state == pb.RUN_STATE_COMPLETED, (name, run)
+
+        # After the day's runs: every channel agrees with our receivable.
+        clean = await stub.RunInternalCheck(pb.RunInternalCheckRequest(), timeout=60)
+        assert {k: n for k, n in clean.counts.items() if n} == {}, list(clean.findings)
+        assert clean.counts["BALANCE_DRIFT"] == 0 and clean.counts["BALANCE_UNAVAILABLE"] == 0
+        for name in (CARD, PSP, RAIL):
+            assert gauge("dualflow_reconciliation_balance_drift_minor", name) == 0
+            assert gauge("dualflow_reconciliation_balance_unexplained_minor", name) == 0
+
+        # One bank's book drifts: found for exactly that channel, the offset as the amount.
+        sandbox.banks[PSP].set_profile(balance_offset=OFFSET)
+        try:
+            drifted = await stub.RunInternalCheck(pb.RunInternalCheckRequest(), timeout=60)
+        finally:
+            sandbox.banks[PSP].set_profile(balance_offset=0)
+        assert {k: n for k, n in drifted.counts.items() if n} == {"BALANCE_DRIFT": 1}, list(drifted.findings)
+        [(subject, detail)] = drift_findings(drifted).items()
+        assert subject == f"{PSP}/CNY" and detail.startswith(f"drift +{OFFSET} beyond in flight"), detail
+        assert gauge("dualflow_reconciliation_balance_unexplained_minor", PSP) == OFFSET
+        assert gauge("dualflow_reconciliation_balance_unexplained_minor", CARD) == 0
+        assert REGISTRY.get_sample_value("dualflow_reconciliation_internal_findings", {"kind": "BALANCE_DRIFT"}) == 1
+
+        # A balance whose signature does not verify is no number at all.
+        sandbox.banks[RAIL].set_profile(bad_signature_rate=1.0)
+        try:
+            untrusted = await stub.RunInternalCheck(pb.RunInternalCheckRequest(), timeout=60)
+        finally:
+            sandbox.banks[RAIL].set_profile(bad_signature_rate=0.0)
+        assert {k: n for k, n in untrusted.counts.items() if n} == {"BALANCE_UNAVAILABLE": 1}
+        [finding] = [f for f in untrusted.findings if f.kind == "BALANCE_UNAVAILABLE"]
+        assert finding.subject == f"{RAIL}/CNY" and finding.detail.endswith("UNTRUSTED"), finding
