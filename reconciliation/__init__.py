@@ -18,7 +18,8 @@ Public API (what the payment service wires in):
 
 Modules: `model` (classes, actions, the rule), `engine` (the partitioned join), `ours` (payments
 and refunds tables), `store` (schema, runs, discrepancies), `runner` (a run, the Resolver),
-`service` (validation, idempotency, pages), `scheduler` (the daily task), `metrics`.
+`service` (validation, idempotency, pages), `scheduler` (the daily task), `internal` (ours vs ours),
+`drift` (each channel's reported balance against our receivable for it), `metrics`.
 """
 
 from .engine import Tally, reconcile

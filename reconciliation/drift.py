@@ -30,6 +30,7 @@ when the books agree; what to alert on), set for every channel and currency chec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,9 +88,10 @@ class ChannelDrift:
 
 
 class BalanceDrift:
-    def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter]) -> None:
+    def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter], *, timeout_s: float = 30.0) -> None:
         self.db = db
         self.adapters = adapters
+        self.timeout_s = timeout_s  # per balance: a channel that hangs must not hold the whole check
 
     async def check(self) -> list[ChannelDrift]:
         """One ChannelDrift per reporting channel and currency it settles, in name order."""
@@ -105,10 +107,16 @@ class BalanceDrift:
     async def _one(self, name: str, adapter: BalanceReporting, currency: str) -> ChannelDrift:
         before = await self._ours(name, currency)
         try:
-            reported = await adapter.fetch_balance(currency)
+            reported = await asyncio.wait_for(adapter.fetch_balance(currency), self.timeout_s)
         except BalanceUnavailable as exc:
             log.warning("balance drift: %s", exc)
             return ChannelDrift(name, currency, error=exc.reason)
+        except asyncio.TimeoutError:
+            log.warning("balance drift: channel %s gave no %s balance in %s s", name, currency, self.timeout_s)
+            return ChannelDrift(name, currency, error="TIMEOUT")
+        except Exception:  # noqa: BLE001 - a third-party adapter's failure is that channel's, not the check's
+            log.exception("balance drift: channel %s failed to report its %s balance", name, currency)
+            return ChannelDrift(name, currency, error="ADAPTER_ERROR")
         after = await self._ours(name, currency)
         theirs = reported.amount_minor
         assert reported.channel == name and reported.currency == currency, (reported, name, currency)
