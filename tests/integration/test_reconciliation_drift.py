@@ -188,3 +188,89 @@ async def test_balances_agree_after_the_days_fees_and_an_offset_is_found_for_exa
         assert {k: n for k, n in untrusted.counts.items() if n} == {"BALANCE_UNAVAILABLE": 1}
         [finding] = [f for f in untrusted.findings if f.kind == "BALANCE_UNAVAILABLE"]
         assert finding.subject == f"{RAIL}/CNY" and finding.detail.endswith("UNTRUSTED"), finding
+
+
+# What is in flight explains a drift up to our held payments (+) and held refunds (-); beyond
+# that band the rest is unexplained. One line per case: ours posted, payments held, refunds held,
+# theirs, the unexplained drift.
+IN_FLIGHT_CASES = """
+    10000      0     0   10000      0   agree
+    10000      0     0   10500    500   theirs higher, nothing in flight
+    10000      0     0    9500   -500   theirs lower, nothing in flight
+    10000   2000     0   12000      0   a held payment the channel settled already
+    10000   2000     0   12300    300   more than the held payment
+    10000   2000     0   10000      0   a held payment the channel has not settled either
+    10000      0  2500    7500      0   a held refund the channel paid out already
+    10000      0  2500    7000   -500   more than the held refund
+    10000   2000  2500   12000      0   both held: the band is -2500..+2000
+        0      0     0    -120   -120   fees netted, not posted yet
+"""
+
+
+def test_in_flight_items_explain_only_their_own_amounts() -> None:
+    from dualflow.reconciliation.drift import Side
+
+    for line in IN_FLIGHT_CASES.strip().splitlines():
+        ours, held_in, held_out, theirs, unexplained, *_why = line.split()
+        side = Side(int(ours), int(held_in), int(held_out))
+        assert side.beyond(int(theirs)) == int(unexplained), line
+
+
+class _Reads:
+    """A database whose receivable reads answer these rows in turn (pending in, pending out,
+    debits posted, credits posted)."""
+
+    def __init__(self, *rows: tuple[int, int, int, int]) -> None:
+        self.rows = list(rows)
+
+    async def query(self, sql: str, params: Any = ()) -> list[tuple[int, ...]]:
+        return [self.rows.pop(0)]
+
+
+class _Reporting:
+    def __init__(self, name: str, amount: int | Exception) -> None:
+        self.name, self.amount = name, amount
+
+    def describe(self) -> Any:
+        from dualflow.adapters.contract import Capabilities
+
+        return Capabilities(self.name, frozenset(), frozenset({"CNY"}), frozenset())
+
+    async def fetch_balance(self, currency: str) -> Any:
+        from dualflow.adapters.contract import ChannelBalance
+
+        if isinstance(self.amount, Exception):
+            raise self.amount
+        return ChannelBalance(self.name, currency, self.amount, 1)
+
+
+class _Silent:
+    name = "silent"
+
+    def describe(self) -> Any:
+        raise AssertionError("a channel without the capability is not even described")
+
+
+async def test_a_payment_settling_on_both_sides_while_we_ask_is_no_finding() -> None:
+    from dualflow.adapters.contract import BalanceUnavailable
+    from dualflow.reconciliation.drift import BalanceDrift
+
+    # Before the channel answers, 5,000 is held (pending in); after, it is posted. The channel
+    # counted it: before explains it (in flight), after agrees exactly.
+    settled = BalanceDrift(_Reads((5_000, 0, 10_000, 0), (0, 0, 15_000, 0)),  # type: ignore[arg-type]
+                           {"a": _Reporting("a", 15_000), "z": _Silent()})  # type: ignore[dict-item]
+    [found] = await settled.check()
+    assert (found.subject, found.drift, found.unexplained, found.error) == ("a/CNY", 0, 0, "")
+    # Posted between the reads but not counted by the channel at its as_of: before agrees exactly.
+    early = BalanceDrift(_Reads((0, 0, 10_000, 0), (0, 0, 15_000, 0)), {"a": _Reporting("a", 10_000)})  # type: ignore
+    [found] = await early.check()
+    assert (found.drift, found.unexplained) == (0, 0)
+    # A real drift is one whichever read it is compared with.
+    drifted = BalanceDrift(_Reads((0, 0, 10_000, 0), (0, 0, 10_000, 0)), {"a": _Reporting("a", 10_300)})  # type: ignore
+    [found] = await drifted.check()
+    assert (found.drift, found.unexplained) == (300, 300)
+    # No balance to trust is no number.
+    failing = BalanceDrift(_Reads((0, 0, 10_000, 0), (0, 0, 10_000, 0)), {  # type: ignore[arg-type]
+        "a": _Reporting("a", BalanceUnavailable("UNTRUSTED", "bad MAC")), "b": _Reporting("b", RuntimeError("bug"))})
+    [a, b] = await failing.check()
+    assert (a.error, b.error) == ("UNTRUSTED", "ADAPTER_ERROR")
