@@ -98,7 +98,8 @@ class InternalCheck:
                  outbox_lag_s: int = 300, findings_max: int = 10_000,
                  adapters: Mapping[str, ChannelAdapter] | None = None) -> None:
         self.db = db
-        self.drift = BalanceDrift(db, adapters or {})
+        # The caller's mapping itself, not a copy: channels it adds later are checked too.
+        self.drift = BalanceDrift(db, adapters if adapters is not None else {})
         self.clock_ns = clock_ns
         self.pending_grace_s = pending_grace_s
         self.outbox_lag_s = outbox_lag_s
