@@ -142,14 +142,12 @@ def _payment_fields(body: str) -> tuple[int, int, str, str, str] | None:
         return None
 
 
-class InstructionReader:
-    """Our instructions on a channel created on a business day (UTC): payments, then refunds.
-    `async for` gives Instructions; `pages()` gives lists of rows in Instruction's field order,
-    a database page at a time (the engine's fast path: no object per row)."""
+class PagedInstructions:
+    """Our side as `pages()`: lists of rows in Instruction's field order, a database page at a
+    time (the engine's fast path: no object per row); `async for` gives Instructions."""
 
-    def __init__(self, db: Database, channel: str, business_date: str, page_rows: int = PAGE_ROWS) -> None:
-        self.db, self.channel, self.page_rows = db, channel, page_rows
-        self.bounds = day_bounds_ns(business_date)
+    def pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        raise NotImplementedError
 
     def __aiter__(self) -> AsyncIterator[Instruction]:
         return self._each()
@@ -158,6 +156,14 @@ class InstructionReader:
         async for page in self.pages():
             for row in page:
                 yield Instruction._make(row)
+
+
+class InstructionReader(PagedInstructions):
+    """Our instructions on a channel created on a business day (UTC): payments, then refunds."""
+
+    def __init__(self, db: Database, channel: str, business_date: str, page_rows: int = PAGE_ROWS) -> None:
+        self.db, self.channel, self.page_rows = db, channel, page_rows
+        self.bounds = day_bounds_ns(business_date)
 
     async def pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
         async for page in _payment_rows(self.db, self.channel, "p.created_at_ns >= ? AND p.created_at_ns < ?",

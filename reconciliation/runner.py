@@ -32,8 +32,8 @@ from dualflow.core.database import Database
 
 from . import metrics
 from .engine import Partitioned, Tally, reconcile
-from .model import Action, Class, FeeFor, Instruction, Policy, Result
-from .ours import day_bounds_ns, fee_model, lookup_instructions, read_instructions
+from .model import Action, Class, FeeFor, Policy, Result
+from .ours import PagedInstructions, day_bounds_ns, fee_model, lookup_instructions, read_instructions
 from .store import ReconciliationStore, Run, result_row
 
 DAY_NS = 24 * 3600 * 10**9
@@ -219,20 +219,11 @@ class Reconciler:
         return _Ours(self, channel, business_date)
 
 
-class _Ours:
-    """Our side of a run: the day's instructions, then those still EXPECTED from earlier days;
-    Instructions by `async for`, or pages of rows by `pages()` (the engine's fast path)."""
+class _Ours(PagedInstructions):
+    """Our side of a run: the day's instructions, then those still EXPECTED from earlier days."""
 
     def __init__(self, reconciler: Reconciler, channel: str, business_date: str) -> None:
         self.reconciler, self.channel, self.business_date = reconciler, channel, business_date
-
-    def __aiter__(self) -> AsyncIterator[Instruction]:
-        return self._each()
-
-    async def _each(self) -> AsyncIterator[Instruction]:
-        async for page in self.pages():
-            for row in page:
-                yield Instruction._make(row)
 
     async def pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
         db, store = self.reconciler.db, self.reconciler.store
