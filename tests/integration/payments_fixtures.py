@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,3 +58,11 @@ def pay(request_id: str, amount: int, asset: Asset = Asset.WALLET, payer: str = 
     return PaymentRequest(request_id=request_id, merchant_id=merchant, payer=payer,
                           payee=kw.pop("payee", f"merchant:{merchant}"), amount=amount, currency=currency,
                           asset=asset, **kw)
+
+
+def vault_toml() -> str:
+    """A `[vault]` table with fresh random keys, for platform configs written by tests."""
+    def key() -> str:
+        return base64.b64encode(os.urandom(32)).decode()
+
+    return f'[vault]\nactive = "k1"\nfingerprint_key = "{key()}"\n[vault.keys]\nk1 = "{key()}"\n'

@@ -6,8 +6,6 @@ a refused connection routed to the next channel, a restart in the middle of poll
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,13 +17,11 @@ from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, Pay
 from dualflow.core.payments.procedures import PollTiming
 from dualflow.gateway.sandbox import NAMES, Sandbox
 from dualflow.gateway.server import Platform, ServerConfig
+from payments_fixtures import vault_toml
 
 VISA = "4111111111111111"
 CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
 
-
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +41,7 @@ def write_config(folder: Path, sandbox: Sandbox) -> Path:
 file = "{folder / 'routing.toml'}"
 seed = 1
 
-[vault]
-active = "k1"
-fingerprint_key = "{_key()}"
-[vault.keys]
-k1 = "{_key()}"
+{vault_toml()}
 
 [[merchants]]
 id = "shop"

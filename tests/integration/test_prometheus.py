@@ -51,7 +51,6 @@ What is proved, and how:
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -80,6 +79,7 @@ from dualflow.v1 import clearing_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from dualflow.v1 import payments_pb2 as pb
 from dualflow.v1 import payments_pb2_grpc, reconciliation_pb2_grpc
 from dualflow.v1 import reconciliation_pb2 as rpb
+from payments_fixtures import vault_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -134,10 +134,6 @@ MAY_BE_EMPTY = {
     'dualflow_clearing_windows_total{state="partially_settled"}': "no settlement executor: no window finishes "
                                                                   "settling, partially or not",
 }
-
-
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 @pytest.fixture(scope="module")
@@ -414,11 +410,7 @@ def write_config(folder: Path, sandbox: Sandbox) -> Path:
 file = "{folder / 'routing.toml'}"
 seed = 8
 
-[vault]
-active = "k1"
-fingerprint_key = "{_key()}"
-[vault.keys]
-k1 = "{_key()}"
+{vault_toml()}
 
 [[merchants]]
 id = "shop"

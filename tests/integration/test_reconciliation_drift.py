@@ -10,8 +10,6 @@ offset as the amount, on the gauge as well."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +25,7 @@ from dualflow.gateway.sandbox import NAMES, Sandbox
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import reconciliation_pb2 as pb
 from dualflow.v1 import reconciliation_pb2_grpc
+from payments_fixtures import vault_toml
 
 CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
 FEE_BPS = {CARD: 55, PSP: 60, RAIL: 10}
@@ -34,9 +33,6 @@ VISA = "4111111111111111"
 TODAY = datetime.now(timezone.utc).date().isoformat()
 OFFSET = 500
 
-
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def fee(channel: str, amount: int) -> int:
@@ -67,11 +63,7 @@ async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
 file = "{tmp_path / 'routing.toml'}"
 seed = 3
 
-[vault]
-active = "k1"
-fingerprint_key = "{_key()}"
-[vault.keys]
-k1 = "{_key()}"
+{vault_toml()}
 
 [[merchants]]
 id = "shop"

@@ -13,8 +13,6 @@ balance holds. A malformed statement ends its run REJECTED with the line number 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ from dualflow.gateway.sandbox import NAMES, Sandbox
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import reconciliation_pb2 as pb
 from dualflow.v1 import reconciliation_pb2_grpc
+from payments_fixtures import vault_toml
 
 CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
 FEE_BPS = {CARD: 55, PSP: 60, RAIL: 10}  # the sandbox's channel config; the banks are told the same
@@ -39,9 +38,6 @@ LONG = PollTiming(first_ns=50_000_000, window_ns=600 * 10**9)  # polling settles
 SHORT = PollTiming(first_ns=50_000_000, window_ns=1_000_000_000)  # the window closes first
 PHANTOM = 4_321
 
-
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def fee(channel: str, amount: int) -> int:
@@ -68,11 +64,7 @@ async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
 file = "{tmp_path / 'routing.toml'}"
 seed = 3
 
-[vault]
-active = "k1"
-fingerprint_key = "{_key()}"
-[vault.keys]
-k1 = "{_key()}"
+{vault_toml()}
 
 [[merchants]]
 id = "shop"

@@ -7,8 +7,6 @@ statuses and details for what it refuses; metrics show decisions and breakers.""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from dualflow.gateway.auth import hash_api_key
 from dualflow.gateway.sandbox import NAMES, Sandbox
 from dualflow.gateway.server import Platform, ServerConfig
 from dualflow.v1 import payments_pb2, payments_pb2_grpc, routing_pb2, routing_pb2_grpc
+from payments_fixtures import vault_toml
 
 VISA = "4111111111111111"
 CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
@@ -47,10 +46,6 @@ probes_to_close = 2
 """
 
 
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
     box = Sandbox(tmp_path_factory.mktemp("sandbox")).start()
@@ -66,11 +61,7 @@ def write_config(folder: Path, sandbox: Sandbox) -> Path:
 file = "{folder / 'routing.toml'}"
 seed = 7
 
-[vault]
-active = "k1"
-fingerprint_key = "{_key()}"
-[vault.keys]
-k1 = "{_key()}"
+{vault_toml()}
 
 [[merchants]]
 id = "shop"
