@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from dualflow.core.ledger.model import Account, AccountCode, Transfer
-from dualflow.core.payments.accounts import account_id
+from dualflow.core.payments.accounts import account_id, pool_account
 
 # Ledger transfer codes of clearing's own postings (payments use 1-4).
 CODE_SETTLEMENT: Final = 20  # a settlement transfer between two pools, once the bank confirmed it
@@ -61,11 +61,6 @@ _POOLS_SIDE: Final = {AccountCode.POOL: "pools", AccountCode.RECEIVABLE: "in_tra
 _OWED_SIDE: Final = {AccountCode.WALLET: "wallets", AccountCode.MERCHANT: "merchants",
                      AccountCode.POINTS: "merchants", AccountCode.FEE: "own_funds",
                      AccountCode.EQUITY: "own_funds", AccountCode.OPERATING: "own_funds"}
-
-
-def pool_account(pool: str, currency: str) -> Account:
-    """The ledger account of `pool` (a bank) in `currency`: asset side, debit-normal."""
-    return Account(id=account_id(f"pool:{pool}|{currency}"), currency=currency, code=AccountCode.POOL)
 
 
 def own_funds_account(currency: str) -> Account:

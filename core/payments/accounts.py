@@ -79,6 +79,14 @@ def channel_fee_account(channel: str, currency: str) -> Account:
     return _account(f"channel:{channel}:fee_expense", currency, AccountCode.OPERATING)
 
 
+def pool_account(pool: str, currency: str) -> Account:
+    """A reserve-fund pool's ledger account (our account at one bank) in `currency`: asset side,
+    debit-normal, no overdraft flag (clearing/pools.py says why). Here rather than in clearing/
+    because payments move money in and out of pools too (a collection landing in one, a payout
+    leaving one)."""
+    return _account(f"pool:{pool}", currency, AccountCode.POOL)
+
+
 def transfer_id(object_id: str, leg: str) -> int:
     """A ledger transfer id derived from a payment or refund id and the leg's role,
     so re-driving a step after a crash names the same transfers (the ledger answers EXISTS)."""
