@@ -13,6 +13,10 @@ changes nothing, in any order relative to poll answers).
 Which channel carries a payment is the smart router's decision
 (routing/policy.py): eligibility, learned health and fees. The gateway feeds it
 every answer a channel gives to a payment, so it learns from real outcomes.
+
+A payout (instruction kind "payout") goes to the adapter's `payout` flow (the transfer rail's
+PayoutInstruction); a channel without one answers NOT_SUBMITTED, so the router's next channel,
+or FAILED, follows.
 """
 
 from __future__ import annotations
@@ -41,16 +45,20 @@ from .contract import (
     ChannelAdapter,
     ChannelResult,
     Flow,
+    FlowNotSupported,
     Outcome,
     PayInstruction,
     QueryRequest,
     RefundInstruction,
 )
+from .transfer.adapter import PayoutInstruction
 
 log = logging.getLogger(__name__)
 
-# Where a verified callback's answer goes: (kind "pay" | "refund", payment or refund id, answer).
+# Where a verified callback's answer goes: (kind "pay" | "payout" | "refund", payment or refund id, answer).
 AnswerSink = Callable[[str, str, ChannelAnswer], Awaitable[None]]
+
+_NO_PAYOUT = "FLOW_NOT_SUPPORTED"  # NOT_SUBMITTED: the channel has no payout flow
 
 _OUTCOMES = {
     Outcome.SUCCEEDED: ChannelOutcome.SUCCEEDED,
@@ -164,15 +172,20 @@ class FinancialGateway:
                 original_reference=instruction.channel_reference, amount=instruction.amount,
                 currency=instruction.currency))
         else:
-            reveal = adapter.describe().needs_card_number
             try:
-                result = await adapter.submit(await self._pay_instruction(instruction, reveal_card=reveal))
+                if instruction.kind == "payout":
+                    result = await self._payout(adapter, instruction)
+                else:
+                    reveal = adapter.describe().needs_card_number
+                    result = await adapter.submit(await self._pay_instruction(instruction, reveal_card=reveal))
             except BaseException as exc:  # noqa: BLE001 - the caller's timeout cancels us: a fault too
                 self._learn(adapter.name, ChannelResult(Outcome.UNKNOWN, f"SUBMIT_{type(exc).__name__.upper()}"),
                             started)
                 raise
-            self._learn(adapter.name, result, started)
-        self._observe(adapter.name, instruction.kind, result, started)
+            if result.reason != _NO_PAYOUT:  # a channel without payouts is not at fault for lacking them
+                self._learn(adapter.name, result, started)
+        if instruction.kind != "payout":  # the transfer adapter counts its payouts itself
+            self._observe(adapter.name, instruction.kind, result, started)
         return answer_of(result)
 
     async def query(self, instruction: Instruction) -> ChannelAnswer:
@@ -203,6 +216,22 @@ class FinancialGateway:
             # Configuration changed under an open payment: nothing can be sent or asked.
             raise LookupError(f"channel {channel!r} is not configured")
         return adapter
+
+    @staticmethod
+    async def _payout(adapter: ChannelAdapter, instruction: Instruction) -> ChannelResult:
+        """A payout through a channel that has the flow (the transfer rail's `payout`); one without
+        it never received anything: NOT_SUBMITTED, so the router's next channel (or FAILED) follows."""
+        payout = getattr(adapter, "payout", None)
+        if payout is None or instruction.bank_account is None:
+            return ChannelResult(Outcome.NOT_SUBMITTED, _NO_PAYOUT if payout is None else "MISSING_BANK_ACCOUNT")
+        try:
+            result: ChannelResult = await payout(PayoutInstruction(
+                instruction_id=instruction.instruction_id, payout_id=instruction.object_id,
+                merchant_id=instruction.merchant_id, amount=instruction.amount, currency=instruction.currency,
+                beneficiary=instruction.bank_account, description=instruction.description))
+        except FlowNotSupported:
+            return ChannelResult(Outcome.NOT_SUBMITTED, _NO_PAYOUT)
+        return result
 
     async def _pay_instruction(self, instruction: Instruction, *, reveal_card: bool) -> PayInstruction:
         card = None

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LEDGER_READ: Final = "ledger.read"
 LEDGER_WRITE: Final = "ledger.write"
 PAYMENTS_READ: Final = "payments.read"
-PAYMENTS_WRITE: Final = "payments.write"  # create, cancel, refund
+PAYMENTS_WRITE: Final = "payments.write"  # create (payments, payouts), cancel, refund
 CARDS_TOKENIZE: Final = "cards.tokenize"
 EVENTS_READ: Final = "events.read"  # event streams: SubscribeEvents, WatchPayment
 WEBHOOKS_MANAGE: Final = "webhooks.manage"
@@ -78,6 +78,7 @@ METHOD_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType({
     _LEDGER + "GetAccountTransfers": LEDGER_READ,
     _LEDGER + "GetAccountBalances": LEDGER_READ,
     _PAYMENTS + "CreatePayment": PAYMENTS_WRITE,
+    _PAYMENTS + "CreatePayout": PAYMENTS_WRITE,
     _PAYMENTS + "CancelPayment": PAYMENTS_WRITE,
     _PAYMENTS + "RefundPayment": PAYMENTS_WRITE,
     _PAYMENTS + "GetPayment": PAYMENTS_READ,

@@ -46,7 +46,7 @@ def payment_to_pb(p: Payment) -> pb.Payment:
         failure_reason=p.failure_reason, fee=p.fee, refunded_amount=p.refunded_amount,
         trade_order_id=p.trade_order_id, description=p.description, metadata=p.metadata, channel=p.channel,
         channel_reference=p.channel_reference, created_at_ns=p.created_at_ns, updated_at_ns=p.updated_at_ns,
-        version=p.version, attempt=p.attempt,
+        version=p.version, attempt=p.attempt, kind=p.kind,
     )
     if p.card is not None:
         msg.card.CopyFrom(pb.CardSummary(token=p.card.token, bin=p.card.bin, last4=p.card.last4, brand=p.card.brand,
@@ -130,6 +130,15 @@ def payment_request_from_pb(r: pb.CreatePaymentRequest) -> PaymentRequest:
     )
 
 
+def payout_request_from_pb(r: pb.CreatePayoutRequest) -> PaymentRequest:
+    b = r.bank_account if r.HasField("bank_account") else None
+    return PaymentRequest(
+        request_id=r.request_id, merchant_id=r.merchant_id, payer=r.payer, payee=r.payer, amount=r.amount,
+        currency=r.currency, asset=Asset.BANK_TRANSFER, description=r.description, metadata=dict(r.metadata),
+        bank_account=BankAccount(b.bank_code, b.account_last4, b.holder_name) if b is not None else None,
+        kind="payout")
+
+
 def _endpoint_to_pb(endpoint: Any, secret: str = "") -> pb.WebhookEndpoint:
     return pb.WebhookEndpoint(endpoint_id=endpoint.id, merchant_id=endpoint.merchant_id, url=endpoint.url,
                               event_types=[t for t in endpoint.event_types if t != "*"], enabled=endpoint.enabled,
@@ -162,6 +171,10 @@ class PaymentGatewayServicer(payments_pb2_grpc.PaymentGatewayServicer):
     async def CreatePayment(self, request: pb.CreatePaymentRequest, context: grpc.aio.ServicerContext) -> pb.Payment:
         current_caller().check_merchant(request.merchant_id)
         return payment_to_pb(await self.payments.create_payment(payment_request_from_pb(request)))
+
+    async def CreatePayout(self, request: pb.CreatePayoutRequest, context: grpc.aio.ServicerContext) -> pb.Payment:
+        current_caller().check_merchant(request.merchant_id)
+        return payment_to_pb(await self.payments.create_payout(payout_request_from_pb(request)))
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext) -> pb.Payment:
         return payment_to_pb(await self._payment_for_caller(request.payment_id))

@@ -4,9 +4,10 @@ Read-only, through the Database protocol (core/database.py), in pages (keyset pa
 primary key), so memory stays flat whatever the day's volume.
 
 An instruction is a payment's current attempt (`{payment_id}-{attempt}` on `payment.channel`: an
-earlier attempt went elsewhere only after NOT_SUBMITTED, so it provably never reached a channel)
-or a refund (`{refund_id}-1`, on its payment's channel). Internal payments (points, wallet) have
-no channel and are left out in SQL by `asset`.
+earlier attempt went elsewhere only after NOT_SUBMITTED, so it provably never reached a channel;
+kind "pay", or "payout" for a payout, which the body says by its top-level `kind` key, absent
+for "pay") or a refund (`{refund_id}-1`, on its payment's channel). Internal payments (points,
+wallet) have no channel and are left out in SQL by `asset`.
 
 Business day: the UTC date of the instruction's creation. The channels we ship book in UTC
 (a channel booking in another zone would shift it by its offset); an instruction created just
@@ -21,6 +22,8 @@ of the text (`_payment_fields` by position; refunds by key): a `"key":` outside 
 always a key (a quote inside a JSON string is escaped), and no object nested before these keys
 (bank_account, card) has keys of the same names, so the first occurrence is the top-level one.
 Any value with an escape, or any body that does not look as expected, falls back to json.loads,
+and so does any body with `"kind":` in it (a payout's, or a metadata key of that name: only the
+top-level key may decide),
 and every SAMPLE_EVERY-th body is decoded both ways and compared: if the payments' body format
 ever changes under this code, the run stops with an assertion instead of reading wrong amounts
 (and a payment whose amount, attempt or currency the database cannot find stops it too).
@@ -106,6 +109,15 @@ class _Decoder:
 
 _PAYMENT_KEYS = (("amount", int), ("attempt", int), ("channel", str), ("channel_reference", str), ("currency", str))
 _REFUND_KEYS = (("amount", int), ("currency", str))
+_KIND_KEY = '"kind":'
+
+
+def _payment_kind(body: str) -> str:
+    """A payment body's kind: "pay" unless its top-level `kind` says otherwise. Decoded in full when
+    the text holds `"kind":` anywhere, since a metadata key could read the same."""
+    if _KIND_KEY not in body:
+        return "pay"
+    return str(json.loads(body).get("kind") or "pay")
 
 
 def _payment_fields(body: str) -> tuple[int, int, str, str, str] | None:
@@ -201,10 +213,11 @@ async def lookup_instructions(db: Database, channel: str, instruction_ids: Seque
 # thread works through the previous page), where we know its JSON functions.
 # The channel test goes in SQL too: SQLite keeps the parse of a body for the next json_extract
 # of the same row (cheaper than the LIKE scan it replaces); PostgreSQL keeps the LIKE prefilter.
+# `kind` last: the top-level key only (NULL for an ordinary payment, whose body has none).
 _EXTRACTED: dict[str, tuple[str, str]] = {
-    "sqlite": (", ".join(f"json_extract(p.body, '$.{key}')" for key, _ in _PAYMENT_KEYS),
+    "sqlite": (", ".join(f"json_extract(p.body, '$.{key}')" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
                "json_extract(p.body, '$.channel') = ?"),
-    "postgres": (", ".join(f"(p.body::jsonb)->>'{key}'" for key, _ in _PAYMENT_KEYS),
+    "postgres": (", ".join(f"(p.body::jsonb)->>'{key}'" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
                  "p.body LIKE ? ESCAPE '\\'"),
 }
 
@@ -247,8 +260,8 @@ async def _payment_rows(db: Database, channel: str, where: str, params: tuple[An
             amount, attempt, their_channel, reference, currency = f
             if their_channel != channel:
                 continue
-            page.append((f"{payment_id}-{attempt}", "pay", payment_id, channel, reference, amount, currency,
-                         status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
+            page.append((f"{payment_id}-{attempt}", _payment_kind(body), payment_id, channel, reference, amount,
+                         currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
         yield page
 
 
@@ -263,14 +276,14 @@ async def _payment_rows_extracted(db: Database, channel: str, where: str, params
     status_of = PAYMENT_STATUS
     async for rows in _pages(db, sql, params, like, page_rows):
         page = []
-        for payment_id, status, created_at_ns, window_ends_ns, amount, attempt, their_channel, reference, currency \
-                in rows:
+        for payment_id, status, created_at_ns, window_ends_ns, amount, attempt, their_channel, reference, currency, \
+                kind in rows:
             if their_channel != channel:
                 continue
             # A body without these is not a payment body as this code knows it: stop, do not guess.
             assert amount is not None and attempt is not None and currency, \
                 f"payment body format changed under reconciliation: {payment_id} has {amount=} {attempt=} {currency=}"
-            page.append((f"{payment_id}-{attempt}", "pay", payment_id, channel, reference or "", int(amount),
+            page.append((f"{payment_id}-{attempt}", kind or "pay", payment_id, channel, reference or "", int(amount),
                          currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
         yield page
 

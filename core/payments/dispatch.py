@@ -43,14 +43,14 @@ class Instruction:
 
     instruction_id: str
     object_id: str
-    kind: str  # "pay" | "refund" | "reverse"
+    kind: str  # "pay" | "payout" | "refund" | "reverse"
     merchant_id: str
     asset: Asset
     amount: int
     currency: str
     channel: str
     card_token: str = ""  # the dispatcher reveals the card from the vault only when it speaks to the bank
-    bank_account: BankAccount | None = None
+    bank_account: BankAccount | None = None  # pay: the payer's account; payout: the beneficiary's
     original_instruction_id: str = ""  # refund / reverse: the payment's instruction
     channel_reference: str = ""  # the channel's id of this instruction, or of the original
     description: str = ""

@@ -35,6 +35,7 @@ class PaymentStatus(IntEnum):
         return self in FINAL
 
 
+PAYMENT_KINDS: Final = ("pay", "payout")
 FINAL: Final = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED})
 
 # The only moves a payment may make; everything else is refused (or, for a
@@ -107,7 +108,7 @@ class Routing:
 
 @dataclass(frozen=True, slots=True)
 class PaymentRequest:
-    """A validated CreatePayment, before it becomes a payment."""
+    """A validated CreatePayment (or CreatePayout: kind "payout"), before it becomes a payment."""
 
     request_id: str
     merchant_id: str
@@ -121,6 +122,7 @@ class PaymentRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     card_token: str = ""
     bank_account: BankAccount | None = None
+    kind: str = "pay"  # "pay" | "payout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,9 @@ class Payment:
     channel_reference: str = ""
     attempt: int = 1  # which submission to a channel; a new one only after NOT_SUBMITTED
     routing: Routing | None = None  # external payments: the routing decision
+    # "pay": money in (a purchase, a top-up: the payee is credited); "payout": money out of a
+    # user's wallet to the user's own bank account (bank_account), through a channel.
+    kind: str = "pay"
 
     @property
     def instruction_id(self) -> str:

@@ -6,12 +6,18 @@ and write last, and report expected refusals as values, so one refused payment
 never fails the other requests of its batch. Transfer ids derive from the
 payment or refund id (accounts.transfer_id), so a step re-driven after a crash
 names the same transfers and the ledger answers EXISTS instead of posting twice.
+
+Payouts (kind "payout") are external payments in the other direction: the hold debits the
+user's wallet and credits the channel's receivable, SUCCEEDED posts it, FAILED and CANCELED void
+it. Pooled channels (`pools`: channel -> reserve-fund pool, for channels whose money lands
+straight in one of our pools) get a sweep in the commit that settles a payment or a refund:
+the pool account takes over what the channel's receivable held (CODE_SWEEP).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,7 +26,15 @@ from dualflow.core.ledger.model import Account, CreateTransferResult, Transfer, 
 from dualflow.core.ledger.state_machine import A_EXISTS, A_OK, T_EXISTS, T_OK
 
 from . import records
-from .accounts import Party, fee_account, holding_account, parse_party, receivable_account, transfer_id
+from .accounts import (
+    Party,
+    fee_account,
+    holding_account,
+    parse_party,
+    pool_account,
+    receivable_account,
+    transfer_id,
+)
 from .model import (
     Balance,
     Discrepancy,
@@ -34,6 +48,9 @@ from .model import (
 )
 
 CODE_PAYMENT, CODE_FEE, CODE_REFUND, CODE_HOLD = 1, 2, 3, 4
+# A pooled channel's settled money moving between its receivable and its pool account. Not 5:
+# that is a channel's fee (core/payments/resolution.py CODE_CHANNEL_FEE).
+CODE_SWEEP = 6
 _EXTENSION_ITEMS = 16
 _Gen = Generator[Operation, Any, Any]
 _SETTLED = frozenset({T_OK, T_EXISTS})
@@ -131,6 +148,40 @@ def hold_leg(attempt: int) -> str:
     return "hold" if attempt == 1 else f"hold.{attempt}"
 
 
+def hold_sides(payment: Payment, channel: str) -> tuple[Account, Account]:
+    """(debit, credit) of an external payment's hold on `channel`. A collection (kind "pay"):
+    the channel will owe us what the payee is credited. A payout: the user's wallet gives what
+    the channel will pay out of our money."""
+    receivable = receivable_account(channel, payment.currency)
+    if payment.kind == "payout":
+        payer = parse_party(payment.payer)
+        assert payer is not None, "validated before submission"
+        return holding_account(payer, payment.asset, payment.currency), receivable
+    payee = parse_party(payment.payee)
+    assert payee is not None, "validated before submission"
+    return receivable, holding_account(payee, payment.asset, payment.currency)
+
+
+def sweep_leg(ctx: Context, object_id: str, leg: str, channel: str, pool: str, currency: str, amount: int, *,
+              into_pool: bool) -> Generator[Operation, Any, Transfer]:
+    """The transfer that moves settled money of a pooled channel between its receivable and its pool
+    account (opened on first use): `into_pool` for a collection (the money is in the pool now, not
+    owed by the channel), else out of it (a payout or a return payment left the pool)."""
+    pool_acct, receivable = pool_account(pool, currency), receivable_account(channel, currency)
+    opened = yield from _open(ctx, [pool_acct, receivable])
+    assert opened, f"the account of pool {pool!r} is misconfigured"
+    debit, credit = (pool_acct, receivable) if into_pool else (receivable, pool_acct)
+    return Transfer(id=transfer_id(object_id, leg), debit_account_id=debit.id, credit_account_id=credit.id,
+                    amount=amount, currency=currency, code=CODE_SWEEP)
+
+
+def _linked(legs: list[Transfer]) -> list[Transfer]:
+    """One chain: every leg but the last LINKED, so they commit all or nothing."""
+    for leg in legs[:-1]:
+        leg.flags |= TransferFlags.LINKED
+    return legs
+
+
 @dataclass(frozen=True, slots=True)
 class PollTiming:
     """When a payment that is not final is first asked about, and for how long."""
@@ -176,6 +227,8 @@ class CreatePayment(_Procedure):
         if req.asset.internal:
             return [holding_account(payer, req.asset, req.currency), holding_account(payee, req.asset, req.currency),
                     fee_account(req.currency)]
+        if req.kind == "payout":
+            return [holding_account(payer, req.asset, req.currency), receivable_account(self.channel, req.currency)]
         return [receivable_account(self.channel, req.currency), holding_account(payee, req.asset, req.currency),
                 fee_account(req.currency)]
 
@@ -207,11 +260,12 @@ class CreatePayment(_Procedure):
             status=PaymentStatus.CREATED, fee=self.fee, created_at_ns=now, updated_at_ns=now,
             trade_order_id=req.trade_order_id, description=req.description, metadata=dict(req.metadata),
             card=self.card, bank_account=req.bank_account, channel=self.channel, routing=self.routing,
+            kind=req.kind,
         )
         if req.asset.internal:
             outcome = yield from self._settle_internal(ctx, payment, payer, payee)
         else:
-            outcome = yield from self._hold_external(ctx, payment, payee)
+            outcome = yield from self._hold_external(ctx, payment)
         yield from ctx.execute(records.UPSERT_KEY, (scope, req.request_id, self.fingerprint, self.payment_id,
                                                     ctx.now_ns + self.key_window_ns))
         return outcome
@@ -242,14 +296,14 @@ class CreatePayment(_Procedure):
         yield from _save_payment(ctx, failed, "payment.failed")
         return Outcome("created", payment=failed)
 
-    def _hold_external(self, ctx: Context, payment: Payment, payee: Party) -> _Gen:
+    def _hold_external(self, ctx: Context, payment: Payment) -> _Gen:
         cur = payment.currency
-        receivable = receivable_account(payment.channel, cur)
-        dst = holding_account(payee, payment.asset, cur)
-        opened = yield from _open(ctx, [receivable, dst, fee_account(cur)])
-        hold = Transfer(id=transfer_id(payment.payment_id, hold_leg(payment.attempt)), debit_account_id=receivable.id,
+        src, dst = hold_sides(payment, payment.channel)
+        opened = yield from _open(ctx, [src, dst, fee_account(cur)])
+        hold = Transfer(id=transfer_id(payment.payment_id, hold_leg(payment.attempt)), debit_account_id=src.id,
                         credit_account_id=dst.id, amount=payment.amount, currency=cur, code=CODE_HOLD,
                         flags=TransferFlags.PENDING)
+        # A payout's wallet may not be overdrawn: too little money fails it here, INSUFFICIENT_FUNDS.
         results = (yield from ctx.create_transfers([hold])) if opened else []
         if not opened or results[0] not in _SETTLED:
             failed = replace(payment, status=PaymentStatus.FAILED, fee=0,
@@ -257,17 +311,21 @@ class CreatePayment(_Procedure):
             yield from _save_payment(ctx, failed, "payment.failed")
             return Outcome("created", payment=failed)
         yield from _save_payment(ctx, payment, "payment.created")
-        return Outcome("created", payment=payment)
+        touched: list[int] = []
+        if payment.kind == "payout":  # the wallet's available balance dropped now
+            touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer,))
+        return Outcome("created", payment=payment, touched_accounts=touched)
 
 
 @dataclass(slots=True)
 class MovePayment(_Procedure):
     """One state change of an external payment, with its ledger effect.
 
-    SUCCEEDED posts the hold (and takes the fee), FAILED and CANCELED void it,
-    PROCESSING and UNKNOWN leave it. A move the state machine does not allow
-    changes nothing; if the payment is already final and the move contradicts
-    it, the contradiction is recorded as a discrepancy for a person.
+    SUCCEEDED posts the hold (and takes the fee, and sweeps a pooled channel's money
+    into or out of its pool), FAILED and CANCELED void it, PROCESSING and UNKNOWN
+    leave it. A move the state machine does not allow changes nothing; if the
+    payment is already final and the move contradicts it, the contradiction is
+    recorded as a discrepancy for a person.
     """
 
     payment_id: str
@@ -278,6 +336,7 @@ class MovePayment(_Procedure):
     only_from: frozenset[PaymentStatus] | None = None  # refuse unless the payment is in one of these
     note: str = ""  # a person's words (a cancel reason): kept in metadata["status_note"]
     polls: PollTiming = PollTiming()
+    pools: Mapping[str, str] = field(default_factory=dict)  # channel -> pool its money lands in
     max_items: int = _EXTENSION_ITEMS
 
     def steps(self, ctx: Context) -> _Gen:
@@ -314,11 +373,16 @@ class MovePayment(_Procedure):
             legs = [Transfer(id=transfer_id(payment.payment_id, f"post.{payment.attempt}"), pending_id=hold_id,
                              flags=TransferFlags.POST_PENDING)]
             if payment.fee:
-                legs[0].flags |= TransferFlags.LINKED
                 legs.append(Transfer(id=transfer_id(payment.payment_id, "fee"), debit_account_id=dst.id,
                                      credit_account_id=fee_account(payment.currency).id, amount=payment.fee,
                                      currency=payment.currency, code=CODE_FEE))
-            results = yield from ctx.create_transfers(legs)
+            pool = self.pools.get(payment.channel)
+            if pool:
+                sweep = yield from sweep_leg(ctx, payment.payment_id, f"sweep.{payment.attempt}", payment.channel,
+                                             pool, payment.currency, payment.amount,
+                                             into_pool=payment.kind != "payout")
+                legs.append(sweep)
+            results = yield from ctx.create_transfers(_linked(legs))
             assert all(r in _SETTLED for r in results), f"posting a hold failed: {results}"
         elif self.target in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
             results = yield from ctx.create_transfers([Transfer(
@@ -333,6 +397,8 @@ class MovePayment(_Procedure):
                                                            ctx.now_ns + self.polls.window_ns))
         if self.target is PaymentStatus.SUCCEEDED:
             touched = yield from _balance_events(ctx, moved.merchant_id, moved, (moved.payee,))
+        elif moved.kind == "payout" and self.target in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
+            touched = yield from _balance_events(ctx, moved.merchant_id, moved, (moved.payer,))  # money back
         return Outcome("moved", payment=moved, touched_accounts=touched)
 
     def _discrepancy(self, ctx: Context, payment: Payment) -> _Gen:
@@ -354,7 +420,8 @@ class MovePayment(_Procedure):
 @dataclass(slots=True)
 class ReroutePayment(_Procedure):
     """Move a PROCESSING payment whose submission provably never left (NOT_SUBMITTED) to
-    another channel: void the old channel's hold, hold on the new one, next attempt."""
+    another channel: void the old channel's hold, hold on the new one (in the same direction:
+    a payout's wallet stays held), next attempt."""
 
     payment_id: str
     from_channel: str
@@ -369,15 +436,14 @@ class ReroutePayment(_Procedure):
         moved = payment.moved(PaymentStatus.PROCESSING, ctx.now_ns, channel=self.to_channel,
                               attempt=payment.attempt + 1, channel_reference="",
                               routing=payment.routing.rerouted(payment.channel) if payment.routing else None)
-        receivable = receivable_account(self.to_channel, payment.currency)
-        opened = yield from _open(ctx, [receivable])
+        src, dst = hold_sides(payment, self.to_channel)
+        opened = yield from _open(ctx, [src, dst])
         assert opened, "a receivable account is misconfigured"
-        payee = holding_account(parse_party(payment.payee), payment.asset, payment.currency)  # type: ignore[arg-type]
         results = yield from ctx.create_transfers([
             Transfer(id=transfer_id(payment.payment_id, f"void.{payment.attempt}"), pending_id=old_hold,
                      flags=TransferFlags.VOID_PENDING | TransferFlags.LINKED),
-            Transfer(id=transfer_id(payment.payment_id, hold_leg(moved.attempt)), debit_account_id=receivable.id,
-                     credit_account_id=payee.id, amount=payment.amount, currency=payment.currency, code=CODE_HOLD,
+            Transfer(id=transfer_id(payment.payment_id, hold_leg(moved.attempt)), debit_account_id=src.id,
+                     credit_account_id=dst.id, amount=payment.amount, currency=payment.currency, code=CODE_HOLD,
                      flags=TransferFlags.PENDING),
         ])
         assert all(r in _SETTLED for r in results), f"moving a hold failed: {results}"
@@ -412,7 +478,8 @@ class RefundPayment(_Procedure):
                 return Outcome("reused", payment=payment, reason="REQUEST_ID_REUSED")
             rows = yield from ctx.query(records.SELECT_REFUND, (existing_id,))
             return Outcome("replayed", payment=payment, refund=records.refund_from_body(rows[0][0]))
-        if payment.status is not PaymentStatus.SUCCEEDED:
+        if payment.status is not PaymentStatus.SUCCEEDED or payment.kind == "payout":
+            # A payout's money went to the user's own account: there is nothing to send back.
             return Outcome("refused", payment=payment, reason="PAYMENT_NOT_REFUNDABLE")
         left = payment.amount - payment.refunded_amount
         amount = self.amount or left
@@ -461,12 +528,14 @@ class RefundPayment(_Procedure):
 
 @dataclass(slots=True)
 class MoveRefund(_Procedure):
-    """A channel's answer to an external refund: post or void its hold."""
+    """A channel's answer to an external refund: post or void its hold. A refund that succeeds on a
+    pooled channel left the pool: the sweep takes it out in the same commit."""
 
     refund_id: str
     target: RefundStatus
     reason: str = ""
     polls: PollTiming = PollTiming()
+    pools: Mapping[str, str] = field(default_factory=dict)  # channel -> pool its money lands in
     only_from: frozenset[RefundStatus] | None = None  # refuse unless the refund is in one of these
     note: str = ""  # who settled it, when not the channel's answer: kept in the refund's status_note
     max_items: int = _EXTENSION_ITEMS
@@ -486,8 +555,14 @@ class MoveRefund(_Procedure):
         assert payment is not None
         hold_id = transfer_id(refund.refund_id, "refund")
         if self.target is RefundStatus.SUCCEEDED:
-            results = yield from ctx.create_transfers([Transfer(
-                id=transfer_id(refund.refund_id, "post"), pending_id=hold_id, flags=TransferFlags.POST_PENDING)])
+            legs = [Transfer(id=transfer_id(refund.refund_id, "post"), pending_id=hold_id,
+                             flags=TransferFlags.POST_PENDING)]
+            pool = self.pools.get(payment.channel)
+            if pool and not payment.asset.internal:
+                sweep = yield from sweep_leg(ctx, refund.refund_id, "sweep", payment.channel, pool, refund.currency,
+                                             refund.amount, into_pool=False)
+                legs.append(sweep)
+            results = yield from ctx.create_transfers(_linked(legs))
         elif self.target is RefundStatus.FAILED:
             results = yield from ctx.create_transfers([Transfer(
                 id=transfer_id(refund.refund_id, "void"), pending_id=hold_id, flags=TransferFlags.VOID_PENDING)])
@@ -496,7 +571,7 @@ class MoveRefund(_Procedure):
             yield from _save_payment(ctx, payment, "payment.refund_reverted")
         else:
             results = [T_OK]
-        assert results[0] in _SETTLED, f"settling a refund hold failed: {results}"
+        assert all(r in _SETTLED for r in results), f"settling a refund hold failed: {results}"
         touched: list[int] = []
         if self.target in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):  # the hold was posted or voided
             touched = yield from _balance_events(ctx, payment.merchant_id, payment, (payment.payer, payment.payee))

@@ -4,8 +4,8 @@ settles, and the channel's fees it posts.
 `StatementResolver` is the reconciliation engine's `Resolver` (reconciliation/runner.py) over the
 PaymentService: a MARK_SUCCEEDED or MARK_FAILED proposal becomes
 `PaymentService.resolve_by_reconciliation`, the same procedures (MovePayment, MoveRefund), ledger
-postings, outbox events and metrics as a channel's own answer, noted "resolved by reconciliation
-<run id>". Only an open payment or refund moves; a final one never does (a FAILED payment the
+postings (pool sweeps included), outbox events and metrics as a channel's own answer, noted
+"resolved by reconciliation <run id>". A payout (kind "payout") resolves like a payment. Only an open payment or refund moves; a final one never does (a FAILED payment the
 channel settled is the engine's OPEN_DISCREPANCY, for a person).
 
 `ChannelFees` posts each statement line's fee: debit the channel's fee expense
@@ -56,7 +56,7 @@ class StatementResolver:
                 break
         return await self.payments.resolve_by_reconciliation(
             run_id, object_id, kind, value == "MARK_SUCCEEDED", reason=FAILED_REASONS.get(cls, "FAILED_ON_STATEMENT"),
-            channel_reference=reference if kind == "pay" else "")
+            channel_reference=reference if kind != "refund" else "")
 
 
 @dataclass(frozen=True, slots=True)

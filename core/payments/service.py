@@ -8,6 +8,11 @@ submits through the ChannelDispatcher and applies the answer; PENDING and
 UNKNOWN answers are polled with backoff. After a restart `start()` picks up
 every payment left CREATED (never sent: send it), PROCESSING or UNKNOWN (maybe
 sent: only ask, never resend).
+
+Payouts (`create_payout`, kind "payout") take the same path in the other direction: a user's
+wallet money leaves for the user's own bank account through a bank-transfer channel. Channels in
+`channel_pools` collect straight into one of our reserve-fund pools; settling their payments and
+refunds sweeps the money between the channel's receivable and the pool (procedures.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from tenacity import RetryCallState, wait_exponential_jitter
@@ -33,6 +38,7 @@ from . import metrics, records
 from .accounts import holding_account, parse_party
 from .dispatch import ChannelAnswer, ChannelDispatcher, ChannelOutcome, Instruction, RouteQuery
 from .model import (
+    PAYMENT_KINDS,
     Asset,
     Balance,
     CardInfo,
@@ -108,8 +114,11 @@ class PaymentService:
         outbox_retention_s: int = 7 * 24 * 3600,
         channel_concurrency: int = 256,
         maintenance_interval_s: float = 60.0,
+        channel_pools: Mapping[str, str] = {},  # noqa: B006 - read only, copied below
     ) -> None:
         self.ledger = ledger
+        # channel -> the pool its money lands in (its account at the bank is that pool's)
+        self.channel_pools: dict[str, str] = dict(channel_pools)
         self.merchants = dict(merchants)
         self.dispatcher = dispatcher
         self.cards = cards
@@ -181,6 +190,13 @@ class PaymentService:
             await self.ledger.write(schedule)
 
     # ---- commands
+    async def create_payout(self, request: PaymentRequest) -> Payment:
+        """Pay a user's wallet money out to the user's own bank account (`bank_account`): a
+        BANK_TRANSFER payment of kind "payout" whose payer and payee are the user, fee 0, routed
+        like any bank transfer by the beneficiary's bank. The wallet is held now (too little:
+        FAILED, INSUFFICIENT_FUNDS), posted when the channel pays out, given back when it fails."""
+        return await self.create_payment(replace(request, kind="payout"))
+
     async def create_payment(self, request: PaymentRequest) -> Payment:
         merchant = self._validate(request)
         card: CardInfo | None = None
@@ -209,8 +225,12 @@ class PaymentService:
         fee = 0
         if payee is not None and payee.kind == "merchant" and request.asset is not Asset.POINTS:
             fee = (request.amount * merchant.fee_bps + 5_000) // 10_000
+        asked = asdict(request)
+        if request.kind == "pay":
+            del asked["kind"]  # the fingerprint of an ordinary payment stays what it was before payouts
         procedure = CreatePayment(
-            request=request, fingerprint=fingerprint(asdict(request)), payment_id=_new_id("pay"), fee=fee,
+            # Payouts are payments too ("pay_" ids): reconciliation tells them by their kind.
+            request=request, fingerprint=fingerprint(asked), payment_id=_new_id("pay"), fee=fee,
             key_window_ns=self.key_window_ns, channel=channel, card=card, routing=routing,
         )
         outcome: Outcome = await self.ledger.run(procedure)
@@ -273,6 +293,9 @@ class PaymentService:
                     f"refund of {amount or left} exceeds the {left} still refundable on {payment_id}",
                     reason="REFUND_EXCEEDS_CAPTURED",
                     metadata={"refundable": str(left), "requested": str(amount)})
+            if payment.kind == "payout":
+                raise PreconditionFailed(f"payment {payment_id} is a payout: a payout cannot be refunded",
+                                         reason=outcome.reason, metadata={"kind": payment.kind})
             raise PreconditionFailed(f"payment {payment_id} is {payment.status.name}; only a SUCCEEDED "
                                      "payment can be refunded", reason=outcome.reason,
                                      metadata={"status": payment.status.name})
@@ -432,6 +455,28 @@ class PaymentService:
             bad.append(FieldViolation("currency", "must be an ISO 4217 code"))
         elif r.currency not in merchant.currencies:
             bad.append(FieldViolation("currency", f"merchant accepts {', '.join(sorted(merchant.currencies))}"))
+        if r.kind == "payout":
+            self._validate_payout(r, bad)
+        elif r.kind == "pay":
+            self._validate_pay(r, bad)
+        else:
+            bad.append(FieldViolation("kind", f"must be one of {', '.join(PAYMENT_KINDS)}"))
+        if len(r.trade_order_id) > REQUEST_ID_MAX:
+            bad.append(FieldViolation("trade_order_id", f"must be at most {REQUEST_ID_MAX} characters"))
+        if len(r.description) > TEXT_MAX:
+            bad.append(FieldViolation("description", f"must be at most {TEXT_MAX} characters"))
+        if len(r.metadata) > METADATA_KEYS_MAX or any(
+                len(k) > 40 or len(v) > TEXT_MAX for k, v in r.metadata.items()):
+            bad.append(FieldViolation("metadata", f"at most {METADATA_KEYS_MAX} keys of 40 and values of "
+                                                  f"{TEXT_MAX} characters"))
+        if bad:
+            what = "payout" if r.kind == "payout" else "payment"
+            raise InvalidRequest(f"the {what} request is invalid: {bad[0].field} {bad[0].description}",
+                                 reason="PAYMENT_INVALID", violations=tuple(bad))
+        return merchant
+
+    @staticmethod
+    def _validate_pay(r: PaymentRequest, bad: list[FieldViolation]) -> None:
         payer, payee = parse_party(r.payer), parse_party(r.payee)
         if payer is None:
             bad.append(FieldViolation("payer", 'must be "user:<id>" or "merchant:<id>"'))
@@ -451,18 +496,21 @@ class PaymentService:
             bad.append(FieldViolation("method.bank_account", "a BANK_TRANSFER payment needs a bank account"))
         if r.asset.internal and (r.card_token or r.bank_account is not None):
             bad.append(FieldViolation("method", f"{r.asset.name} payments take no payment method"))
-        if len(r.trade_order_id) > REQUEST_ID_MAX:
-            bad.append(FieldViolation("trade_order_id", f"must be at most {REQUEST_ID_MAX} characters"))
-        if len(r.description) > TEXT_MAX:
-            bad.append(FieldViolation("description", f"must be at most {TEXT_MAX} characters"))
-        if len(r.metadata) > METADATA_KEYS_MAX or any(
-                len(k) > 40 or len(v) > TEXT_MAX for k, v in r.metadata.items()):
-            bad.append(FieldViolation("metadata", f"at most {METADATA_KEYS_MAX} keys of 40 and values of "
-                                                  f"{TEXT_MAX} characters"))
-        if bad:
-            raise InvalidRequest(f"the payment request is invalid: {bad[0].field} {bad[0].description}",
-                                 reason="PAYMENT_INVALID", violations=tuple(bad))
-        return merchant
+
+    @staticmethod
+    def _validate_payout(r: PaymentRequest, bad: list[FieldViolation]) -> None:
+        """A payout moves a user's own wallet money to the user's own bank account."""
+        payer, payee = parse_party(r.payer), parse_party(r.payee)
+        if payer is None or payer.kind != "user":
+            bad.append(FieldViolation("payer", 'must be "user:<id>": only a user\'s wallet is paid out'))
+        elif payee != payer:
+            bad.append(FieldViolation("payee", "must be the payer: a payout goes to the user's own account"))
+        if r.asset is not Asset.BANK_TRANSFER:
+            bad.append(FieldViolation("asset", "a payout is a BANK_TRANSFER"))
+        if r.bank_account is None:
+            bad.append(FieldViolation("bank_account", "a payout needs the beneficiary's bank account"))
+        if r.card_token:
+            bad.append(FieldViolation("method.card_token", "a payout takes no card"))
 
     async def _card(self, token: str) -> CardInfo:
         if self.cards is None:
@@ -536,8 +584,8 @@ class PaymentService:
                 merchant_id=payment.merchant_id, asset=payment.asset, amount=payment.amount,
                 currency=payment.currency, channel=payment.channel, original_instruction_id=payment.instruction_id,
                 channel_reference=payment.channel_reference)
-        return Instruction(
-            instruction_id=payment.instruction_id, object_id=payment.payment_id, kind="pay",
+        return Instruction(  # "pay" or "payout": what the payment is
+            instruction_id=payment.instruction_id, object_id=payment.payment_id, kind=payment.kind,
             merchant_id=payment.merchant_id, asset=payment.asset, amount=payment.amount, currency=payment.currency,
             channel=payment.channel, card_token=payment.card.token if payment.card else "",
             bank_account=payment.bank_account, channel_reference=payment.channel_reference,
@@ -557,7 +605,8 @@ class PaymentService:
             channel_reference=payment.channel_reference)
 
     async def _move(self, payment_id: str, target: PaymentStatus, **kw: Any) -> Outcome:
-        outcome: Outcome = await self.ledger.run(MovePayment(payment_id, target, polls=self.polls, **kw))
+        outcome: Outcome = await self.ledger.run(MovePayment(payment_id, target, polls=self.polls,
+                                                             pools=self.channel_pools, **kw))
         return outcome
 
     async def _submit_payment(self, payment: Payment) -> None:
@@ -615,7 +664,8 @@ class PaymentService:
                   ChannelOutcome.UNKNOWN: RefundStatus.UNKNOWN}.get(answer.outcome)
         if target is None:
             return
-        outcome: Outcome = await self.ledger.run(MoveRefund(refund_id, target, answer.reason, polls=self.polls))
+        outcome: Outcome = await self.ledger.run(MoveRefund(refund_id, target, answer.reason, polls=self.polls,
+                                                            pools=self.channel_pools))
         if outcome.kind == "refused":
             raise NotFound(f"no refund {refund_id!r}", reason="REFUND_NOT_FOUND")
         if outcome.kind == "moved":
@@ -628,7 +678,7 @@ class PaymentService:
 
     async def resolve_by_reconciliation(self, run_id: str, object_id: str, kind: str, succeeded: bool, *,
                                         reason: str = "", channel_reference: str = "") -> bool:
-        """What a channel's statement proved about a payment (kind "pay") or refund ("refund")
+        """What a channel's statement proved about a payment (kind "pay" or "payout") or refund ("refund")
         that is still PROCESSING or UNKNOWN: SUCCEEDED posts its hold, FAILED voids it, through
         the same procedures, outbox and metrics as a channel's own answer, with the note
         "resolved by reconciliation <run_id>" on the record and in its event; its polling row
@@ -641,7 +691,8 @@ class PaymentService:
             target_refund = RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED
             outcome: Outcome = await self.ledger.run(MoveRefund(
                 object_id, target_refund, "" if succeeded else (reason or "FAILED_ON_STATEMENT"), polls=self.polls,
-                only_from=frozenset({RefundStatus.PROCESSING, RefundStatus.UNKNOWN}), note=note))
+                only_from=frozenset({RefundStatus.PROCESSING, RefundStatus.UNKNOWN}), note=note,
+                pools=self.channel_pools))
             if outcome.kind != "moved":
                 return False
             self._after_commit(outcome)
@@ -742,7 +793,7 @@ class PaymentService:
         reversed where the channel can (and the reversal is polled with the same care);
         anything else stays as it is until reconciliation settles it."""
         assert self.dispatcher is not None
-        if kind == "pay" and payment.status is PaymentStatus.UNKNOWN \
+        if kind == "pay" and payment.kind == "pay" and payment.status is PaymentStatus.UNKNOWN \
                 and self.dispatcher.supports_reversal(payment.channel):
             metrics.REVERSALS.labels("sent").inc()
             answer = await self._send(self.dispatcher.reverse(self._instruction(payment, "reverse")))

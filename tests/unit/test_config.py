@@ -305,6 +305,7 @@ def test_permission_table_matches_the_contract() -> None:
         Ledger/GetAccountTransfers     ledger.read
         Ledger/GetAccountBalances      ledger.read
         PaymentGateway/CreatePayment   payments.write
+        PaymentGateway/CreatePayout    payments.write
         PaymentGateway/CancelPayment   payments.write
         PaymentGateway/RefundPayment   payments.write
         PaymentGateway/GetPayment      payments.read

@@ -85,7 +85,7 @@ class PaymentMethod(_message.Message):
     def __init__(self, card_token: _Optional[str] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version", "attempt", "routing")
+    __slots__ = ("payment_id", "request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "status", "failure_reason", "fee", "refunded_amount", "trade_order_id", "description", "metadata", "card", "bank_account", "channel", "channel_reference", "created_at_ns", "updated_at_ns", "version", "attempt", "routing", "kind")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class Payment(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     request_id: str
     merchant_id: str
@@ -141,7 +142,8 @@ class Payment(_message.Message):
     version: int
     attempt: int
     routing: RoutingDecision
-    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ..., attempt: _Optional[int] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, payment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., payee: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., asset: _Optional[_Union[Asset, str]] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., failure_reason: _Optional[str] = ..., fee: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., trade_order_id: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., card: _Optional[_Union[CardSummary, _Mapping]] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., channel: _Optional[str] = ..., channel_reference: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., updated_at_ns: _Optional[int] = ..., version: _Optional[int] = ..., attempt: _Optional[int] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
     __slots__ = ("chosen", "reason", "fallbacks", "candidates", "excluded", "config_version", "rerouted_from")
@@ -180,6 +182,33 @@ class RouteExclusion(_message.Message):
     channel: str
     reason: str
     def __init__(self, channel: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CreatePayoutRequest(_message.Message):
+    __slots__ = ("request_id", "merchant_id", "payer", "amount", "currency", "bank_account", "description", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYER_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BANK_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    merchant_id: str
+    payer: str
+    amount: int
+    currency: str
+    bank_account: BankAccountRef
+    description: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, request_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payer: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., bank_account: _Optional[_Union[BankAccountRef, _Mapping]] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreatePaymentRequest(_message.Message):
     __slots__ = ("request_id", "merchant_id", "payer", "payee", "amount", "currency", "asset", "method", "trade_order_id", "description", "metadata")

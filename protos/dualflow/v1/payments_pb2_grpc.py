@@ -39,6 +39,11 @@ class PaymentGatewayStub:
                 request_serializer=dualflow_dot_v1_dot_payments__pb2.CreatePaymentRequest.SerializeToString,
                 response_deserializer=dualflow_dot_v1_dot_payments__pb2.Payment.FromString,
                 _registered_method=True)
+        self.CreatePayout = channel.unary_unary(
+                '/dualflow.v1.PaymentGateway/CreatePayout',
+                request_serializer=dualflow_dot_v1_dot_payments__pb2.CreatePayoutRequest.SerializeToString,
+                response_deserializer=dualflow_dot_v1_dot_payments__pb2.Payment.FromString,
+                _registered_method=True)
         self.GetPayment = channel.unary_unary(
                 '/dualflow.v1.PaymentGateway/GetPayment',
                 request_serializer=dualflow_dot_v1_dot_payments__pb2.GetPaymentRequest.SerializeToString,
@@ -110,6 +115,12 @@ class PaymentGatewayServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreatePayment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePayout(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +212,11 @@ def add_PaymentGatewayServicer_to_server(servicer, server):
             'CreatePayment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePayment,
                     request_deserializer=dualflow_dot_v1_dot_payments__pb2.CreatePaymentRequest.FromString,
+                    response_serializer=dualflow_dot_v1_dot_payments__pb2.Payment.SerializeToString,
+            ),
+            'CreatePayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePayout,
+                    request_deserializer=dualflow_dot_v1_dot_payments__pb2.CreatePayoutRequest.FromString,
                     response_serializer=dualflow_dot_v1_dot_payments__pb2.Payment.SerializeToString,
             ),
             'GetPayment': grpc.unary_unary_rpc_method_handler(
@@ -295,6 +311,33 @@ class PaymentGateway:
             target,
             '/dualflow.v1.PaymentGateway/CreatePayment',
             dualflow_dot_v1_dot_payments__pb2.CreatePaymentRequest.SerializeToString,
+            dualflow_dot_v1_dot_payments__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualflow.v1.PaymentGateway/CreatePayout',
+            dualflow_dot_v1_dot_payments__pb2.CreatePayoutRequest.SerializeToString,
             dualflow_dot_v1_dot_payments__pb2.Payment.FromString,
             options,
             channel_credentials,
