@@ -265,6 +265,12 @@ class Capabilities:
     # Whether the adapter itself carries the card number (a card bank: DE 2). Only then does
     # the dispatcher reveal it from the vault; a PSP that collects the card itself never sees it.
     needs_card_number: bool = False
+    # The bank code of the channel's own account (a transfer channel's pool account); "" = none.
+    # A payment whose payer (or beneficiary) banks there moves within one bank, which banks
+    # usually price lower: `same_bank_fees` (by currency; empty = none) then prices it instead of
+    # `fees`. The router compares the request's bank_code with home_bank (routing/policy.py).
+    home_bank: str = ""
+    same_bank_fees: Mapping[str, FeeSchedule] = field(default_factory=dict)
 
     def accepts(self, asset: Asset, currency: str, amount: int, bin6: str = "") -> bool:
         if asset not in self.assets or currency not in self.currencies:

@@ -15,6 +15,14 @@ excluded. Deterministic for a seed and a clock.
 The adapters say what a channel can do (Capabilities); the operator's
 RoutingConfig (routing/config.py) says what it may do, and replaces the
 adapter's fees where a different price was negotiated.
+
+Same-bank fees: a channel whose own account is at a bank (`Capabilities.home_bank`, a transfer
+channel's pool account) may price a payment whose payer (or beneficiary) banks there with its
+`same_bank_fees` schedule for the currency: an intra-bank move, usually cheaper. When the
+request's `bank_code` is the channel's home bank and such a schedule exists, it prices the
+payment instead of the general one, in the decision's score and candidate fee and in `fee()`.
+An operator's `fees` override replaces the general schedule only: a same-bank schedule comes
+from the channel's own settings and still applies when the bank matches.
 """
 
 from __future__ import annotations
@@ -117,9 +125,17 @@ class Router:
         self._entries: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._bins_matter = any(caps.bin_ranges for caps in self.capabilities.values())
         self._banks_matter = any(config.rule(name).bank_codes is not None for name in self.capabilities)
+        # The banks at which some channel prices differently (same-bank fees): only these payer
+        # banks need plans of their own when no rule's bank_codes makes every bank matter.
+        self._home_banks = frozenset(caps.home_bank for caps in self.capabilities.values()
+                                     if caps.home_bank and caps.same_bank_fees)
 
-    def fee(self, channel: str, currency: str, amount: int) -> int:
-        schedule = _fees(self.capabilities[channel], self.config.rule(channel)).get(currency)
+    def fee(self, channel: str, currency: str, amount: int, bank_code: str = "") -> int:
+        """What `channel` charges for `amount` (minor units) in `currency`; `bank_code` is the
+        payer's (or beneficiary's) bank, which selects the channel's same-bank schedule when it
+        is the channel's home bank."""
+        caps = self.capabilities[channel]
+        schedule = _schedule(caps, _fees(caps, self.config.rule(channel)), currency, bank_code)
         return schedule.fee_for(amount) if schedule else 0
 
     def decide(self, request: RouteRequest) -> Decision:
@@ -232,9 +248,16 @@ class Router:
         the clock- and amount-dependent checks come in between (`_special`); a channel with
         none of those (the usual case) is only checked for its amount limits and breaker.
         Plus the fee schedule (as (fixed, bps, minimum, maximum) when it has no tiers, for the
-        inlined fee) and the channel's health and breaker."""
+        inlined fee; the same-bank one when the payer banks at the channel's home bank) and the
+        channel's health and breaker."""
+        if self._banks_matter:
+            bank = request.bank_code
+        elif self._home_banks:  # a payer bank where no channel prices differently shares the plan of ""
+            bank = request.bank_code if request.bank_code in self._home_banks else ""
+        else:
+            bank = ""
         key = (request.merchant_id, request.asset, request.currency,
-               request.card_bin if self._bins_matter else "", request.bank_code if self._banks_matter else "")
+               request.card_bin if self._bins_matter else "", bank)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -261,13 +284,18 @@ class Router:
             else:
                 late = ""
             schedule = fees.get(request.currency)
+            same_bank = False  # `_schedule`, inlined: the payer banks where the channel's account is
+            if request.bank_code and request.bank_code == caps.home_bank:
+                same = caps.same_bank_fees.get(request.currency)
+                if same is not None:
+                    schedule, same_bank = same, True
             fee_terms = schedule if schedule is None or schedule.tiers else (
                 schedule.fixed, schedule.bps, schedule.minimum, schedule.maximum)
             cap = terms.daily_caps.get(request.currency)
             special = bool(early or terms.maintenance or middle or late or cap is not None)
             # Shapes share their entries: a new shape then keeps one new list alive, not twenty
             # new objects (which the garbage collector would keep scanning).
-            entry_key = (name, request.currency, early, middle, late)
+            entry_key = (name, request.currency, early, middle, late, same_bank)
             entry = self._entries.get(entry_key)
             if entry is None:
                 entry = self._entries[entry_key] = (
@@ -360,7 +388,7 @@ class Router:
 
 
 _CLOSED = BreakerState.CLOSED
-_PLANS_MAX = 4_096  # request shapes remembered per configuration (merchants x assets x currencies x BINs)
+_PLANS_MAX = 4_096  # request shapes remembered per configuration (merchants x assets x currencies x BINs x banks)
 _new = object.__new__
 _set_channel, _set_success = Candidate.channel.__set__, Candidate.success.__set__  # type: ignore[attr-defined]
 _set_fee, _set_score = Candidate.fee.__set__, Candidate.score.__set__  # type: ignore[attr-defined]
@@ -372,4 +400,16 @@ _set_version, _set_reason = Decision.config_version.__set__, Decision.reason.__s
 
 
 def _fees(caps: Capabilities, rule: ChannelRule) -> Mapping[str, FeeSchedule]:
+    """The general schedules: the adapter's, with the operator's overrides by currency."""
     return {**caps.fees, **rule.fees} if rule.fees else caps.fees
+
+
+def _schedule(caps: Capabilities, fees: Mapping[str, FeeSchedule], currency: str,
+              bank_code: str) -> FeeSchedule | None:
+    """The schedule that prices a payment: the channel's same-bank one when the payer's bank is
+    the channel's home bank and it has one for `currency`, else the general one from `fees`."""
+    if bank_code and bank_code == caps.home_bank:
+        same = caps.same_bank_fees.get(currency)
+        if same is not None:
+            return same
+    return fees.get(currency)

@@ -77,7 +77,11 @@ return errors above) -> FAILED; INSTRUCTION_REUSED, 401 (our signature refused),
 Configuration (ChannelConfig, kind "transfer")
 ----------------------------------------------
 settings: `base_url`; `pool_account` = {bank_code, number, name}; `currencies` (default
-["CNY"]); `min_amount`, `max_amount`; `fees` = {CUR: {fixed, bps}}; `timeout_ms` (10000),
+["CNY"]); `min_amount`, `max_amount`; `fees` = {CUR: {fixed, bps}} (also `minimum`, `maximum`,
+`tiers`: adapters/contract.py FeeSchedule); `same_bank_fees` = {CUR: {fixed, bps, ...}}, the
+same tables, for a payment whose payer's (or beneficiary's) bank is the pool account's bank_code
+(an intra-bank move): the channel describes that bank as its `home_bank`, and the router prices
+such a payment with this schedule instead of `fees`; `timeout_ms` (10000),
 `connect_timeout_ms` (2000), `statement_timeout_ms` (30000); `callback_url` (sent with each
 transfer; without it the bank uses the URL agreed out of band) and `callback_path` (what callbacks
 are signed over; default: callback_url's path, else `/callbacks/<channel name>`, where the

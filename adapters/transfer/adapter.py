@@ -128,7 +128,8 @@ class TransferAdapter:
         s = self.settings
         return Capabilities(channel=self.name, assets=frozenset({Asset.BANK_TRANSFER}), currencies=s.currencies,
                             flows=frozenset({Flow.PAY, Flow.QUERY, Flow.REFUND, Flow.CALLBACK, Flow.STATEMENT}),
-                            min_amount=s.min_amount, max_amount=s.max_amount, fees=dict(s.fees))
+                            min_amount=s.min_amount, max_amount=s.max_amount, fees=dict(s.fees),
+                            home_bank=s.pool.bank_code, same_bank_fees=dict(s.same_bank_fees))
 
     async def start(self) -> None:
         self._client()

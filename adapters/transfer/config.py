@@ -31,6 +31,8 @@ class TransferSettings:
     min_amount: int = 1
     max_amount: int = 2**63 - 1
     fees: Mapping[str, FeeSchedule] = field(default_factory=dict)
+    # For payments whose payer (or beneficiary) banks where `pool` does: intra-bank, cheaper.
+    same_bank_fees: Mapping[str, FeeSchedule] = field(default_factory=dict)
     timeout_ms: int = 10_000  # a whole request, connect included
     connect_timeout_ms: int = 2_000
     statement_timeout_ms: int = 30_000
@@ -69,6 +71,18 @@ class TransferSettings:
                 fees[str(currency)] = FeeSchedule.from_table(fee, f"settings.fees.{currency}")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        raw_same_bank = s.get("same_bank_fees", {})
+        if not isinstance(raw_same_bank, Mapping):
+            raise ConfigError("settings.same_bank_fees must map currency -> fee table")
+        same_bank_fees: dict[str, FeeSchedule] = {}
+        for currency, fee in raw_same_bank.items():
+            if currency not in currencies:
+                # A schedule for a currency the channel never carries would silently never apply.
+                raise ConfigError(f"settings.same_bank_fees.{currency}: not one of settings.currencies")
+            try:
+                same_bank_fees[str(currency)] = FeeSchedule.from_table(fee, f"settings.same_bank_fees.{currency}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         callback_url = str(s.get("callback_url", ""))
         callback_path = str(s.get("callback_path", "")) or (urlsplit(callback_url).path if callback_url else "")
         accounts = s.get("accounts", {})
@@ -79,7 +93,7 @@ class TransferSettings:
             base_url=base_url, pool=pool, keys=KeyRing.of(current, *previous), currencies=frozenset(currencies),
             min_amount=_int(s, "min_amount", "min_amount", 1),
             max_amount=_int(s, "max_amount", "max_amount", 2**63 - 1),
-            fees=fees, timeout_ms=_int(s, "timeout_ms", "timeout_ms", 10_000),
+            fees=fees, same_bank_fees=same_bank_fees, timeout_ms=_int(s, "timeout_ms", "timeout_ms", 10_000),
             connect_timeout_ms=_int(s, "connect_timeout_ms", "connect_timeout_ms", 2_000),
             statement_timeout_ms=_int(s, "statement_timeout_ms", "statement_timeout_ms", 30_000),
             # The financial gateway's callback listener serves /callbacks/<channel name>.
