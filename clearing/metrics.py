@@ -56,3 +56,13 @@ POOL_INVARIANT_DIFFERENCE = Gauge(
 POOL_BALANCE = Gauge(
     "dualflow_clearing_pool_balance_minor", "A pool account's posted ledger balance in minor units",
     ["pool", "currency"])
+POOL_BANK_DIFFERENCE = Gauge(
+    "dualflow_clearing_pool_bank_difference_minor",
+    "The balance a pool's bank reports for its account minus the pool's posted ledger balance, minor units, "
+    "at the last pool bank check; transfers in flight make it move (clearing/bank_check.py)",
+    ["pool", "currency"])
+POOL_BANK_UNEXPLAINED = Gauge(
+    "dualflow_clearing_pool_bank_unexplained_minor",
+    "The part of a pool's bank difference that transfers in flight do not explain, minor units: 0 when the "
+    "bank and the ledger agree (what to alert on)",
+    ["pool", "currency"])

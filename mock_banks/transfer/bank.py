@@ -423,6 +423,21 @@ class Bank:
             total += (t.amount if t.direction == "collect" else -t.amount) - t.fee
         return total
 
+    def account_balance(self, bank_code: str, number: str, now: float) -> dict[str, Any]:
+        """One registered account's balance, `{bank_code, last4, balance, held, as_of}`: `balance`
+        has every settled transfer applied (fees are not taken from it), `held` is what transfers
+        accepted and not yet settled will take from it (still inside `balance`). Only an account
+        registered by its full number with a balance answers (NOT_FOUND otherwise); the reply never
+        carries the number, only its last four digits."""
+        if not _BANK.fullmatch(bank_code) or not _NUMBER.fullmatch(number):
+            raise RequestError(400, "INVALID_ACCOUNT", "bank_code or account number is malformed")
+        self.due(now)
+        account = next((a for a in self.accounts if a.bank_code == bank_code and a.number == number), None)
+        if account is None or account.balance is None or account.status == "invalid":
+            raise RequestError(404, "NOT_FOUND", "no account with a balance under this bank code and number")
+        return {"bank_code": account.bank_code, "last4": account.last4, "balance": account.balance,
+                "held": account.held, "as_of": iso(now)}
+
     def statement(self, business_date: str, now: float) -> str:
         """Every transfer that became final on that UTC day, as CSV with a header, then the trailer
         `TRAILER,<lines>,<amount total>,<fee total>` (control totals in minor units)."""

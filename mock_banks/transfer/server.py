@@ -10,7 +10,15 @@ Faults come from the profile (bank.py lists the fields); `outage` closes the API
 socket and every open connection, so clients see connections refused until it is lifted.
 
 The API also answers `GET /balances/{currency}`: our balance at the bank (bank.py `balance`),
-signed like every reply.
+signed like every reply; and `GET /accounts/{bank_code}/{number}/balance`: one account's own
+balance (a reserve-fund pool's, say) as the bank keeps it, `{"bank_code", "last4", "balance",
+"held", "as_of"}` (bank.py `account_balance`: `balance` minor units with every settled transfer
+applied, fees not taken from it; `held` what accepted, unsettled transfers will debit, still inside
+`balance`; `as_of` ISO 8601 UTC), for an account registered by its full number with a balance;
+else a signed 404 NOT_FOUND (400 INVALID_ACCOUNT when malformed). Accounts keep no currency: the
+balance is in whatever currency the account was registered for. The reply names the account by
+its last four digits only, never its number. Both balance endpoints honour `bad_signature_rate`
+(drawn only while it is above 0, so a seeded run's decisions stay put), no other fault.
 
 Admin (HTTP JSON, no auth, loopback): GET/PUT /profile, GET /book, GET /statement?date=,
 GET/PUT /accounts (register accounts with balances, closed or invalid ones), GET /callbacks
@@ -73,6 +81,7 @@ class TransferBankServer:
         api.router.add_post("/transfers/{id}/return", self.post_return)
         api.router.add_get("/statements/{date}", self.get_statement)
         api.router.add_get("/balances/{currency}", self.get_balance)
+        api.router.add_get("/accounts/{bank_code}/{number}/balance", self.get_account_balance)
         # Cancel a handler whose client went away: a held (timed-out) request never completes.
         self.api_runner = web.AppRunner(api, handle_signals=False, access_log=None, handler_cancellation=True,
                                         shutdown_timeout=0.5)
@@ -237,6 +246,22 @@ class TransferBankServer:
         corrupt = bool(rate) and self.bank.draw().bad_signature < rate
         return self._reply(request, kid, 200, {"currency": currency, "amount": self.bank.balance(currency, now),
                                                "as_of_unix_s": int(now)}, corrupt=corrupt)
+
+    async def get_account_balance(self, request: web.Request) -> web.StreamResponse:
+        """One registered account's balance, signed like every reply (never echoing its number)."""
+        body, kid, refused = await self._authentic(request)
+        if refused is not None:
+            return refused
+        now = time.time()
+        self._notify(self.bank.due(now))  # settle what is due first, so its callbacks go out
+        try:
+            status, payload = 200, self.bank.account_balance(request.match_info["bank_code"],
+                                                              request.match_info["number"], now)
+        except RequestError as exc:
+            status, payload = exc.status, {"error": {"code": exc.code, "message": exc.message}}
+        rate = self.bank.profile["bad_signature_rate"]  # drawn only while above 0: seeded decisions stay put
+        corrupt = bool(rate) and self.bank.draw().bad_signature < rate
+        return self._reply(request, kid, status, payload, corrupt=corrupt)
 
     # ---- settlement clock and callbacks
     def _schedule(self) -> None:
