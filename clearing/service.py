@@ -37,7 +37,7 @@ from dualflow.core.money import AMOUNT_MAX
 from dualflow.core.payments.dispatch import ChannelAnswer
 
 from . import metrics
-from .caps import Admission, PoolPosition, PositionBook, Submission
+from .caps import Admission, CapPolicy, PoolPosition, PositionBook, Submission
 from .center import ClearingCenter
 from .errors import IllegalTransition, NetDebitCapExceeded, ObligationConflict, UnknownWindow
 from .netting import NettingOptions, Obligation
@@ -143,8 +143,13 @@ class ClearingService:
     # ---------------------------------------------------------------- obligations
 
     async def record(self, obligation_id: str, debtor_pool: str, creditor_pool: str, amount_minor: int,
-                     currency: str) -> Recorded:
-        """Record an obligation in the open window (caps apply); idempotent by obligation id."""
+                     currency: str, *, fact: bool = False) -> Recorded:
+        """Record an obligation in the open window (caps apply); idempotent by obligation id.
+
+        `fact`: the movement behind it has happened already (clearing/feed.py), so a cap cannot
+        refuse it any more: under the REFUSE policy it is admitted whatever the cap says (the
+        movement was refused, or not, before it happened: clearing/gate.py); under QUEUE it
+        queues like any other."""
         obligation = self._validate(obligation_id, debtor_pool, creditor_pool, amount_minor, currency)
         while True:
             await self._ready()
@@ -162,7 +167,7 @@ class ClearingService:
                 center = self.center
                 if not looked_up and center.locate(obligation_id) is None:
                     return None, (), (), ()  # its window finished meanwhile: look in the store
-                submission = center.record(obligation)
+                submission = center.record(obligation, force=fact and self.settings.cap_policy is CapPolicy.REFUSE)
                 if submission.admission is Admission.EXISTS:
                     located = center.locate(obligation_id)
                     assert located is not None

@@ -50,6 +50,18 @@ class ClearingSettings:
     # the transfer channel that carries the transfers ("": the only transfer channel configured).
     rail_accounts: Mapping[str, RailAccount] = field(default_factory=dict)
     settlement_channel: str = ""
+    # Where parties' money sits (clearing/attribution.py): a merchant's pool, and the pool of
+    # whoever has no home yet ("": the first pool).
+    default_pool: str = ""
+    merchant_pools: Mapping[str, str] = field(default_factory=dict)
+    # Channels that collect straight into a pool and pay out from it: a transfer channel whose own
+    # account (settings.pool_account) is a pool's rail account. Derived by gateway/config.py.
+    channel_pools: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def home_pool(self) -> str:
+        """The pool of a party with no home and no configured pool."""
+        return self.default_pool or (self.pools[0] if self.pools else "")
 
     def next_cutoff_ns(self, after_ns: int) -> int | None:
         """The first cut-off strictly after `after_ns`; None when windows close only on request."""

@@ -186,7 +186,8 @@ def parse_config(data: Mapping[str, Any]) -> PlatformConfig:
         if name in names[:i]:
             raise ConfigError(f"channels[{i}].name", f"{name!r} is also channels[{names.index(name)}]")
     clearing = _clearing(data["clearing"], "clearing") if "clearing" in data else ClearingSettings()
-    clearing = replace(clearing, settlement_channel=_settlement_channel(clearing, channels, "clearing"))
+    clearing = replace(clearing, settlement_channel=_settlement_channel(clearing, channels, "clearing"),
+                       channel_pools=_channel_pools(clearing, channels))
     return PlatformConfig(vault=vault, merchants=merchants, callers=callers, payments=payments, webhooks=webhooks,
                           channels=channels, routing=_routing(data.get("routing", {}), "routing"),
                           clearing=clearing,
@@ -224,7 +225,7 @@ def _clearing(value: Any, at: str) -> ClearingSettings:
     table = _table(value, at)
     _known_keys(table, at, {"pools", "currencies", "window_s", "cutoff_offset_s", "cap_policy", "default_cap_minor",
                             "caps", "settlement_retries", "settle_interval_s", "invariant_interval_s",
-                            "settlement_channel", "rail_accounts"})
+                            "settlement_channel", "rail_accounts", "default_pool", "merchant_pools"})
     pools = _string_list(_required(table, "pools", at), f"{at}.pools")
     if not pools:
         raise ConfigError(f"{at}.pools", "empty; name the pools, one per bank")
@@ -275,11 +276,34 @@ def _clearing(value: Any, at: str) -> ClearingSettings:
     channel = _string(table.get("settlement_channel", ""), f"{at}.settlement_channel")
     if channel and not accounts:
         raise ConfigError(f"{at}.settlement_channel", f"needs {at}.rail_accounts (each pool's bank account)")
+    default_pool = _string(table.get("default_pool", ""), f"{at}.default_pool")
+    if default_pool and default_pool not in pools:
+        raise ConfigError(f"{at}.default_pool", f"{default_pool!r} is not one of {at}.pools")
+    merchant_pools = {}
+    for merchant, pool in _table(table.get("merchant_pools", {}), f"{at}.merchant_pools").items():
+        if _string(pool, f"{at}.merchant_pools.{merchant}") not in pools:
+            raise ConfigError(f"{at}.merchant_pools.{merchant}", f"{pool!r} is not one of {at}.pools")
+        merchant_pools[merchant] = pool
     return ClearingSettings(pools=tuple(pools), currencies=tuple(currencies), window_s=window_s,
                             cutoff_offset_s=offset_s, cap_policy=CapPolicy(policy),
                             caps=NetDebitCaps(caps, default_cap), settlement_retries=retries,
                             settle_interval_s=settle_s, invariant_interval_s=invariant_s,
-                            rail_accounts=accounts, settlement_channel=channel)
+                            rail_accounts=accounts, settlement_channel=channel, default_pool=default_pool,
+                            merchant_pools=merchant_pools)
+
+
+def _channel_pools(clearing: ClearingSettings, channels: Sequence[ChannelConfig]) -> dict[str, str]:
+    """Transfer channels whose own account (settings.pool_account) is a pool's rail account: their
+    collections land in that pool and their payouts leave from it."""
+    by_account = {(a.bank_code, a.number): pool for pool, a in clearing.rail_accounts.items()}
+    found = {}
+    for c in channels:
+        own = c.settings.get("pool_account") if c.kind == "transfer" else None
+        if isinstance(own, Mapping):
+            pool = by_account.get((str(own.get("bank_code", "")), str(own.get("number", ""))))
+            if pool is not None:
+                found[c.name] = pool
+    return found
 
 
 def _rail_account(value: Any, pool: str, at: str, pools: list[str], pools_at: str) -> RailAccount:

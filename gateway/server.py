@@ -21,6 +21,8 @@ from prometheus_client import start_http_server
 
 from dualflow.adapters.dispatcher import FinancialGateway
 from dualflow.adapters.registry import build as build_adapter
+from dualflow.clearing.attribution import Attribution
+from dualflow.clearing.feed import ObligationFeed
 from dualflow.clearing.service import ClearingService
 from dualflow.clearing.settlement import SettlementExecutor
 from dualflow.core.balance_check import BalanceCheck
@@ -153,7 +155,9 @@ class Platform:
         self.payments = PaymentService(
             self.ledger, merchants, dispatcher=dispatcher, cards=self.vault,
             key_window_s=limits.request_key_window_s, outbox_retention_s=limits.outbox_retention_s,
-            balance_cache_ttl_s=limits.balance_cache_ttl_s)
+            balance_cache_ttl_s=limits.balance_cache_ttl_s,
+            # Channels collecting straight into a reserve-fund pool: their settled money is swept there.
+            channel_pools=self.settings.clearing.channel_pools)
         # Notifications read the outbox and never sit on the payment path: a dead
         # endpoint delays only its own deliveries.
         self.webhooks = WebhookRegistry(self.ledger)
@@ -172,13 +176,21 @@ class Platform:
             settlement = RailSettlementExecutor(self.gateway.adapters[rail],  # type: ignore[arg-type]
                                                 self.settings.clearing.rail_accounts)
         self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
+        # Inter-pool obligations recorded from the payments themselves (clearing/feed.py).
+        clearing_settings = self.settings.clearing
+        self.obligation_feed = ObligationFeed(
+            self.ledger, self.payments.feed, self.clearing,
+            Attribution(clearing_settings.home_pool, clearing_settings.channel_pools,
+                        clearing_settings.merchant_pools, frozenset(clearing_settings.currencies))) \
+            if clearing_settings.pools else None
         # Reconciliation: each channel's statement against our payments (on request, and daily
         # when [reconciliation] enables it); what a statement proves moves through the payments.
         gateway = self.gateway
         self.reconciliation = ReconciliationService(
             self.ledger, gateway.adapters if gateway is not None else {}, resolver=StatementResolver(self.payments),
             fees=ChannelFees(self.ledger), sla_ns=self.settings.reconciliation.sla_s * 10**9,
-            fee_for=(lambda channel: router_fee_model(gateway.router, channel)) if gateway is not None else None)
+            fee_for=(lambda channel: router_fee_model(gateway.router, channel)) if gateway is not None else None,
+            pooled_channels=frozenset(self.settings.clearing.channel_pools))
         self.daily_reconciliation = DailyReconciliation(self.reconciliation, self.settings.reconciliation)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -207,6 +219,8 @@ class Platform:
         await self.webhook_dispatcher.start()
         await self.balance_check.start()
         await self.clearing.start()
+        if self.obligation_feed is not None:
+            await self.obligation_feed.start()
         await self.reconciliation.start()
         servicer = PaymentGatewayServicer(self.payments, vault=self.vault, webhooks=self.webhooks)
         cfg = self.config
@@ -305,6 +319,8 @@ class Platform:
         await self.daily_reconciliation.stop()  # a day it did not finish is run again at the next start
         await self.balance_check.stop()
         await self.webhook_dispatcher.stop()  # pending deliveries resume at the next start
+        if self.obligation_feed is not None:
+            await self.obligation_feed.stop()  # resumes from its stored position
         await self.clearing.stop()  # a settlement in flight resumes at the next start
         await self.payments.stop()  # open external payments resume at the next start
         if self.routing is not None:

@@ -96,10 +96,11 @@ def refund_legs(internal: bool) -> tuple[dict[str, str], set[str]]:
 class InternalCheck:
     def __init__(self, db: Database, *, clock_ns: Callable[[], int] = time.time_ns, pending_grace_s: int = 60,
                  outbox_lag_s: int = 300, findings_max: int = 10_000,
-                 adapters: Mapping[str, ChannelAdapter] | None = None) -> None:
+                 adapters: Mapping[str, ChannelAdapter] | None = None,
+                 pooled_channels: frozenset[str] = frozenset()) -> None:
         self.db = db
         # The caller's mapping itself, not a copy: channels it adds later are checked too.
-        self.drift = BalanceDrift(db, adapters if adapters is not None else {})
+        self.drift = BalanceDrift(db, adapters if adapters is not None else {}, pooled=pooled_channels)
         self.clock_ns = clock_ns
         self.pending_grace_s = pending_grace_s
         self.outbox_lag_s = outbox_lag_s

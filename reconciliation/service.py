@@ -79,7 +79,8 @@ def today_utc(clock_ns: Callable[[], int] = time.time_ns) -> date:
 class ReconciliationService:
     def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter], *, resolver: Resolver | None = None,
                  fees: FeePoster | None = None, fee_for: Callable[[str], FeeFor | None] | None = None,
-                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns,
+                 pooled_channels: frozenset[str] = frozenset()) -> None:
         self.adapters = dict(adapters)
         self.reconciler = Reconciler(db, resolver=resolver, fees=fees, sla_ns=sla_ns, clock_ns=clock_ns,
                                      keep_results=True)
@@ -88,7 +89,7 @@ class ReconciliationService:
         self.fee_for = fee_for
         self.clock_ns = clock_ns
         self._running: dict[tuple[str, str], asyncio.Task[RunReport]] = {}
-        self.internal = InternalCheck(db, clock_ns=clock_ns, adapters=self.adapters)
+        self.internal = InternalCheck(db, clock_ns=clock_ns, adapters=self.adapters, pooled_channels=pooled_channels)
 
     async def start(self) -> None:
         await self.reconciler.open()

@@ -63,6 +63,8 @@ def test_absent_means_no_pools_and_the_example_file_configures_three() -> None:
     ({"settle_interval_s": 0}, "clearing.settle_interval_s"),
     ({"invariant_interval_s": "often"}, "clearing.invariant_interval_s"),
     ({"cut_off": 1}, "clearing.cut_off"),
+    ({"default_pool": "bank-z"}, "clearing.default_pool"),
+    ({"merchant_pools": {"shop": "bank-z"}}, "clearing.merchant_pools.shop"),
 ])
 def test_each_problem_is_named_by_its_key_path(change: dict[str, Any], key_path: str) -> None:
     data = tomllib.loads(GOOD)
@@ -76,3 +78,26 @@ def test_pools_are_required_when_the_table_is_there() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"clearing": {"currencies": ["CNY"]}})
     assert caught.value.key_path == "clearing.pools"
+
+
+def test_homes_and_the_channels_collecting_into_a_pool() -> None:
+    """A transfer channel whose own account is a pool's rail account collects into that pool; any
+    other channel (another account, another kind) does not."""
+    data = tomllib.loads(GOOD)
+    data["clearing"].update({
+        "default_pool": "bank-b", "merchant_pools": {"shop": "bank-a"}, "settlement_channel": "rail-a",
+        "currencies": ["CNY"], "caps": {},
+        "rail_accounts": {"bank-a": {"bank_code": "BKA", "number": "6222000000000101", "name": "reserve A"},
+                          "bank-b": {"bank_code": "BKB", "number": "6222000000000202", "name": "reserve B"}}})
+    rail = {"base_url": "http://127.0.0.1:1", "currencies": ["CNY"]}
+    data["channels"] = [
+        {"name": "rail-a", "kind": "transfer", "settings": {**rail, "pool_account": {
+            "bank_code": "BKA", "number": "6222000000000101", "name": "reserve A"}}},
+        {"name": "rail-x", "kind": "transfer", "settings": {**rail, "pool_account": {
+            "bank_code": "BKA", "number": "6222000000000999", "name": "other"}}},
+        {"name": "rail-b", "kind": "transfer", "settings": {**rail, "pool_account": {
+            "bank_code": "BKB", "number": "6222000000000202", "name": "reserve B"}}}]
+    clearing = parse_config(data).clearing
+    assert clearing.channel_pools == {"rail-a": "bank-a", "rail-b": "bank-b"}
+    assert clearing.home_pool == "bank-b" and dict(clearing.merchant_pools) == {"shop": "bank-a"}
+    assert ClearingSettings(pools=("p", "q")).home_pool == "p"
