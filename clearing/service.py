@@ -110,6 +110,9 @@ class ClearingService:
         self._pools = frozenset(settings.pools)
         self._gauges: dict[tuple[str, str], tuple[Any, ...]] = {}  # label children, resolved once
         self._currencies = frozenset(settings.currencies)
+        # Each pool's ledger balance against its bank's record (bank_check.py), run with the
+        # invariant when the wiring gives one (it needs the rail: clearing imports no adapter).
+        self.bank_check: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -493,6 +496,24 @@ class ClearingService:
                 log.exception("cut-off failed; trying again")
                 await asyncio.sleep(self.tick_s)
 
+    async def in_flight(self, pool: str, currency: str) -> tuple[int, int]:
+        """Settlement transfers sent and not answered for good yet (PENDING or UNKNOWN after a
+        send), into and out of `pool`: the bank may have moved them already, the ledger has not
+        (it posts a settlement transfer when the rail confirms it). PoolBankCheck's band."""
+        moving_in = moving_out = 0
+        if self._center is None:
+            return 0, 0
+        for window in self._center.windows.values():
+            for inst in window.instructions:
+                if inst.currency != currency or inst.attempts == 0 or inst.state not in (
+                        InstructionState.PENDING, InstructionState.UNKNOWN):
+                    continue
+                if inst.payee_pool == pool:
+                    moving_in += inst.amount_minor
+                if inst.payer_pool == pool:
+                    moving_out += inst.amount_minor
+        return moving_in, moving_out
+
     async def _check_pools_forever(self) -> None:
         while True:
             try:
@@ -501,6 +522,13 @@ class ClearingService:
                 raise
             except Exception:  # noqa: BLE001 - a missed sample is fine
                 log.warning("pool invariant check failed", exc_info=True)
+            if self.bank_check is not None:
+                try:
+                    await self.bank_check.check()  # sets the pool-against-bank gauges
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    log.warning("pool bank check failed", exc_info=True)
             await asyncio.sleep(self.settings.invariant_interval_s)
 
     # ---------------------------------------------------------------- changes and their writes

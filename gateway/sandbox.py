@@ -47,6 +47,8 @@ class Sandbox:
     callback_port: int = field(default_factory=free_port)
     banks: dict[str, MockBankProcess] = field(default_factory=dict)
     _channels: list[str] = field(default_factory=list)
+    # Banks that back no channel of `channels_toml` (the demo's interbank rail for its pools).
+    others: dict[str, MockBankProcess] = field(default_factory=dict)
 
     @property
     def callback_base(self) -> str:
@@ -68,8 +70,18 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        for bank in self.banks.values():
+        for bank in (*self.banks.values(), *self.others.values()):
             bank.stop()
+
+    def start_other_rail(self, name: str) -> tuple[MockBankProcess, Path]:
+        """One more mock transfer rail, its own process with its own key: the bank and its key file
+        (its channels are the caller's to configure)."""
+        key = self.folder / f"{name}-hmac.hex"
+        key.write_text(secrets.token_hex(32))
+        bank = MockBankProcess("transfer", "--hmac-key-file", str(key), "--seed", str(self.seed),
+                               log_dir=self.folder).start()
+        self.others[name] = bank
+        return bank, key
 
     def channels_toml(self) -> str:
         return "\n".join(self._channels)

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from dualflow.adapters.dispatcher import FinancialGateway
 from dualflow.adapters.registry import build as build_adapter
 from dualflow.clearing.attribution import Attribution
+from dualflow.clearing.bank_check import PoolBankCheck
 from dualflow.clearing.feed import ObligationFeed
 from dualflow.clearing.service import ClearingService
 from dualflow.clearing.settlement import SettlementExecutor
@@ -176,6 +177,15 @@ class Platform:
             settlement = RailSettlementExecutor(self.gateway.adapters[rail],  # type: ignore[arg-type]
                                                 self.settings.clearing.rail_accounts)
         self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
+        # Each pool's ledger balance against the bank's own record of the pool account, asked over
+        # the settlement rail (it names every pool's account); run with the invariant.
+        self.pool_bank_check: PoolBankCheck | None = None
+        if rail and self.gateway is not None:
+            from dualflow.adapters.transfer.pool_balance import pool_balance_fetcher
+
+            self.pool_bank_check = PoolBankCheck(self.ledger, self.settings.clearing, pool_balance_fetcher(
+                self.gateway.adapters[rail]), in_flight=self.clearing.in_flight)  # type: ignore[arg-type]
+            self.clearing.bank_check = self.pool_bank_check
         # Inter-pool obligations recorded from the payments themselves (clearing/feed.py).
         clearing_settings = self.settings.clearing
         self.obligation_feed = ObligationFeed(
