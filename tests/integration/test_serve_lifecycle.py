@@ -337,6 +337,18 @@ def test_demo_plays_a_shop_and_balances() -> None:
     assert never["wallet-psp"] == 0 and never["cardbank"] == outage["never reached"], rush
     assert all(by_wave[("1 fair weather", c)]["carried"] > 0 for c in ("cardbank", "wallet-psp")), rush
 
+    # The reserve-fund day: each pool against its bank after the window settled, and its checks.
+    pools = {row["pool"]: row for row in _table(out, "pool", also="bank before")}
+    assert set(pools) == {"pool-a", "pool-b", "pool-c"}, out
+    assert all(row["difference"] == "0.00 CNY" and row["bank after"] == row["ledger"] for row in pools.values()), out
+    assert re.search(r"Netting CNY: \d+ obligations, gross [\d,.]+ CNY → net [\d,.]+ CNY", out), out
+    for check in ("every top-up landed in the pool at the user's own bank",
+                  "the clearing window SETTLED, moving only the net over the rail",
+                  "a settlement reply was lost; the driver asked the rail and did not pay twice",
+                  "every pool's ledger balance equals the bank's record of the pool account",
+                  "no money created or lost", "the reserve-fund invariant holds"):
+        assert re.search(rf"ok +{re.escape(check)}", out), check
+
     orders = {row["trade order"]: row for row in _table(out, "trade order")}
     assert {k: (row["status"], row["reason"]) for k, row in orders.items()} == DEMO_ORDERS, out
     assert orders["T-1005"]["refunded"] == "80.00"
@@ -398,7 +410,11 @@ def test_demo_plays_a_shop_and_balances() -> None:
     # Mastercard could only go to the card bank (the PSP takes Visa only), the transfer only to the
     # rail; the PSP took each refused payment as the fallback (alice's and the outage's).
     router = {row["channel"]: row for row in _table(out, "channel", also="breaker")}
-    assert set(router) == {"cardbank", "wallet-psp", "bank-rail"}, router
+    # The reserve-fund day's rails (read before that day) took none of the shop's: a routing rule.
+    assert set(router) == {"cardbank", "wallet-psp", "bank-rail", "rail-a", "rail-b", "rail-c"}, router
+    for rail in ("rail-a", "rail-b", "rail-c"):
+        assert router[rail]["decisions"] == "" and router[rail]["excluded from decisions"].startswith(
+            "MERCHANT_RULE"), router
     assert "ONLY_CANDIDATE 2" in router["cardbank"]["decisions"].split(", "), router
     assert "CARD_BIN 2" in router["wallet-psp"]["excluded from decisions"].split(", "), router
     fallbacks = [d for d in router["wallet-psp"]["decisions"].split(", ") if d.startswith("FALLBACK ")]
@@ -433,6 +449,6 @@ def test_demo_plays_a_shop_and_balances() -> None:
     fee_lines = {"cardbank": card_lines - 1, "wallet-psp": psp_lines, "bank-rail": 2}  # a decline charges none
     for name, row in recon.items():
         assert row["fees (posted)"].endswith(f"CNY ({fee_lines[name]}/{fee_lines[name]})"), row
-    assert out.count("  ok   ") == 15 and "FAIL " not in out, out
+    assert out.count("  ok   ") == 22 and "FAIL " not in out, out  # 15 of the shop's day, 7 of the pools'
     print(f"demo: {elapsed_s:.1f}s")
     assert elapsed_s < 30
