@@ -48,7 +48,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
+
+from dualflow.core.in_flight import InFlightBand
 
 from . import metrics
 from .pools import pool_balances
@@ -72,21 +74,10 @@ Fetch = Callable[[str, RailAccount, str], Awaitable[AccountBalance]]
 InFlight = Callable[[str, str], Awaitable[tuple[int, int]]]
 
 
-class Side(NamedTuple):
-    """Our pool account in one currency at one read."""
-
-    posted: int  # debits_posted - credits_posted: what the bank should show
-    pending_in: int  # debits_pending (plus settlement transfers in flight towards the pool)
-    pending_out: int  # credits_pending (plus settlement transfers in flight out of it)
-
-    def beyond(self, theirs: int) -> int:
-        """The part of theirs - posted that what is in flight does not explain (0 inside the band)."""
-        difference = theirs - self.posted
-        if difference > self.pending_in:
-            return difference - self.pending_in
-        if difference < -self.pending_out:
-            return difference + self.pending_out
-        return 0
+# Our pool account in one currency at one read: posted (debits - credits, what the bank should
+# show), pending_in (debits_pending plus settlement transfers in flight towards the pool) and
+# pending_out (credits_pending plus those in flight out of it). The band rule is drift's.
+Side = InFlightBand
 
 
 @dataclass(frozen=True, slots=True)

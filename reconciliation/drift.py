@@ -34,10 +34,10 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from dualflow.adapters.contract import BalanceReporting, BalanceUnavailable, ChannelAdapter
 from dualflow.core.database import Database
+from dualflow.core.in_flight import InFlightBand
 from dualflow.core.payments.accounts import receivable_account
 
 from . import metrics
@@ -45,21 +45,10 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 
-class Side(NamedTuple):
-    """Our receivable for a channel and currency at one read."""
-
-    posted: int  # debits_posted - credits_posted: what the channel owes us
-    pending_in: int  # debits_pending: payments held, maybe settled at the channel already
-    pending_out: int  # credits_pending: refunds held, maybe paid out by the channel already
-
-    def beyond(self, theirs: int) -> int:
-        """The part of theirs - posted that what is in flight does not explain (0 inside the band)."""
-        drift = theirs - self.posted
-        if drift > self.pending_in:
-            return drift - self.pending_in
-        if drift < -self.pending_out:
-            return drift + self.pending_out
-        return 0
+# Our receivable for a channel and currency at one read: posted (what the channel owes us),
+# pending_in (payments held, maybe settled at the channel already), pending_out (refunds held,
+# maybe paid out by the channel already).
+Side = InFlightBand
 
 
 @dataclass(frozen=True, slots=True)
