@@ -337,6 +337,13 @@ async def test_our_side_of_reconciliation_tells_payouts_apart(ledger: LedgerServ
         assert await service.resolve_by_reconciliation("run1", out.payment_id, "payout", True)
         assert (await service.get_payment(out.payment_id)).status is PaymentStatus.SUCCEEDED
         assert await sides(ledger, wallet_of("gina")) == (0, 700, 500, 1_000)  # the top-up still pending
+        # ... and one the statement never showed, past its window, fails: the wallet gets it back.
+        lost = await service.create_payout(payout("po2", 300, user="gina"))
+        await until(service, lost.payment_id, PaymentStatus.PROCESSING)
+        assert await service.resolve_by_reconciliation("run1", lost.payment_id, "payout", False,
+                                                       reason="NOT_ON_STATEMENT")
+        assert (await service.get_payment(lost.payment_id)).failure_reason == "NOT_ON_STATEMENT"
+        assert await sides(ledger, wallet_of("gina")) == (0, 700, 500, 1_000)
     finally:
         await service.stop()
 
