@@ -294,7 +294,7 @@ def print_day(console: Console, day: ClearingDay) -> None:
             console.print(
                 f"Netting {n.currency}: {n.obligation_count} obligations, gross {_amount(n.gross_minor)} → net "
                 f"{_amount(n.net_minor)}, efficiency {n.efficiency:.1%}; {n.transfer_count} transfer(s) for "
-                f"{n.pools_nonzero} pools (at most N-1 = {n.transfer_bound}){' , proven minimal' if n.optimal else ''}")
+                f"{n.pools_nonzero} pools (at most N-1 = {n.transfer_bound}){', proven minimal' if n.optimal else ''}")
     pools = Table(title="Pools against the banks (the bank's record of each pool account; PoolBankCheck)",
                   caption="bank before / after: the pool account's balance at its bank at the start and the end "
                           "of the day\nledger: the pool's posted ledger balance · difference: bank - ledger")
