@@ -7,7 +7,7 @@ findings by kind; a clean platform has none:
     PAYMENT_POSTINGS    a SUCCEEDED payment lacks a transfer it must have (or its amount differs),
                         or has one of its own derived ids it must not have
     REFUND_POSTINGS     the same for a SUCCEEDED refund
-    ORPHAN_POSTING      a transfer with a payment's code (payment, fee, refund, hold) whose id is
+    ORPHAN_POSTING      a transfer with a payment's code (payment, fee, refund, hold, sweep) whose id is
                         derived from no payment or refund we have
     STALE_PENDING       a pending transfer still pending past its timeout (plus a grace)
     OUTBOX_UNDELIVERED  outbox events past the webhook cursor older than the allowed lag
@@ -20,8 +20,9 @@ findings by kind; a clean platform has none:
 The transfers a payment must have follow core/payments/procedures.py, where every transfer id is
 `transfer_id(object id, leg)`: an internal payment `pay` (+ `fee` when it has one); an external
 one a hold per channel attempt (`hold`, `hold.2`, ...), a `void.k` for every attempt it was
-moved off (a reroute), `post.<attempt>` (+ `fee`); a refund `refund` (+ `post` when the payment
-is external: its hold was posted). Any other leg of the same family is an extra posting.
+moved off (a reroute), `post.<attempt>` (+ `fee`, + `sweep.<attempt>` on a channel collecting
+into a pool); a refund `refund` (+ `post` when the payment is external: its hold was posted, +
+`sweep` on a pooled channel). Any other leg of the same family is an extra posting.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dualflow.adapters.contract import ChannelAdapter
 from dualflow.core.database import Database
 from dualflow.core.payments.accounts import transfer_id
 from dualflow.core.payments.model import PaymentStatus, RefundStatus
-from dualflow.core.payments.procedures import CODE_FEE, CODE_HOLD, CODE_PAYMENT, CODE_REFUND, hold_leg
+from dualflow.core.payments.procedures import CODE_FEE, CODE_HOLD, CODE_PAYMENT, CODE_REFUND, CODE_SWEEP, hold_leg
 from dualflow.core.payments.records import payment_from_body, refund_from_body
 
 from . import metrics
@@ -45,7 +46,7 @@ KINDS: Final = ("TRIAL_BALANCE", "PAYMENT_POSTINGS", "REFUND_POSTINGS", "ORPHAN_
                 "OUTBOX_UNDELIVERED", "OUTBOX_CURSOR_AHEAD")
 # Counted (in `counts`, 0 when clean) only when at least one channel reports balances.
 BALANCE_KINDS: Final = ("BALANCE_DRIFT", "BALANCE_UNAVAILABLE")
-PAYMENT_CODES: Final = (CODE_PAYMENT, CODE_FEE, CODE_REFUND, CODE_HOLD)
+PAYMENT_CODES: Final = (CODE_PAYMENT, CODE_FEE, CODE_REFUND, CODE_HOLD, CODE_SWEEP)
 PAGE: Final = 500
 NS: Final = 10**9
 _PENDING = 1  # core/ledger/model.py PendingStatus.PENDING
@@ -73,9 +74,10 @@ class InternalReport:
         self.findings.append(Finding(kind, subject, detail))
 
 
-def payment_legs(internal: bool, attempt: int, fee: int) -> tuple[dict[str, str], set[str]]:
+def payment_legs(internal: bool, attempt: int, fee: int, pooled: bool = False) -> tuple[dict[str, str], set[str]]:
     """({leg: what its amount must be ("amount", "fee" or "")} a SUCCEEDED payment must have,
-    every leg of its family: what it may not have beyond those)."""
+    every leg of its family: what it may not have beyond those). `pooled`: its channel collects
+    into a pool, so its settling commit swept the amount (`sweep.<attempt>`)."""
     if internal:
         must = {"pay": "amount", **({"fee": "fee"} if fee else {})}
     else:
@@ -84,13 +86,18 @@ def payment_legs(internal: bool, attempt: int, fee: int) -> tuple[dict[str, str]
         must[f"post.{attempt}"] = ""
         if fee:
             must["fee"] = "fee"
+        if pooled:
+            must[f"sweep.{attempt}"] = "amount"
     family = {"pay", "fee", *(hold_leg(k) for k in range(1, attempt + 2)),
-              *(f"{leg}.{k}" for leg in ("post", "void") for k in range(1, attempt + 2))}
+              *(f"{leg}.{k}" for leg in ("post", "void", "sweep") for k in range(1, attempt + 2))}
     return must, family
 
 
-def refund_legs(internal: bool) -> tuple[dict[str, str], set[str]]:
-    return ({"refund": "amount"} if internal else {"refund": "amount", "post": ""}), {"refund", "post", "void"}
+def refund_legs(internal: bool, pooled: bool = False) -> tuple[dict[str, str], set[str]]:
+    if internal:
+        return {"refund": "amount"}, {"refund", "post", "void", "sweep"}
+    return {"refund": "amount", "post": "", **({"sweep": "amount"} if pooled else {})}, {"refund", "post", "void",
+                                                                                        "sweep"}
 
 
 class InternalCheck:
@@ -101,6 +108,9 @@ class InternalCheck:
         self.db = db
         # The caller's mapping itself, not a copy: channels it adds later are checked too.
         self.drift = BalanceDrift(db, adapters if adapters is not None else {}, pooled=pooled_channels)
+        # Their settled payments and refunds must have a sweep to or from the pool (a channel made
+        # pooled later finds its older payments without one: a finding to look at, not to ignore).
+        self.pooled_channels = pooled_channels
         self.clock_ns = clock_ns
         self.pending_grace_s = pending_grace_s
         self.outbox_lag_s = outbox_lag_s
@@ -167,7 +177,7 @@ class InternalCheck:
             items = []
             for pid, status, body in rows:
                 p = payment_from_body(body)
-                must, family = payment_legs(p.asset.internal, p.attempt, p.fee)
+                must, family = payment_legs(p.asset.internal, p.attempt, p.fee, p.channel in self.pooled_channels)
                 known.update(transfer_id(p.payment_id, leg) for leg in family)
                 if int(status) == PaymentStatus.SUCCEEDED:
                     items.append((p.payment_id, must, family, {"amount": p.amount, "fee": p.fee}))
@@ -178,16 +188,17 @@ class InternalCheck:
     async def _refunds(self, report: InternalReport, known: set[int]) -> None:
         after = ""
         while True:
-            rows = await self.db.query("SELECT r.refund_id, r.status, r.body, p.asset FROM refunds r "
+            rows = await self.db.query("SELECT r.refund_id, r.status, r.body, p.asset, p.body FROM refunds r "
                                        "LEFT JOIN payments p ON p.payment_id = r.payment_id WHERE r.refund_id > ? "
                                        "ORDER BY r.refund_id LIMIT ?", (after, PAGE))
             if not rows:
                 return
             items = []
-            for rid, status, body, asset in rows:
+            for rid, status, body, asset, payment_body in rows:
                 r = refund_from_body(body)
                 internal = asset is not None and int(asset) in _INTERNAL_ASSETS
-                must, family = refund_legs(internal)
+                pooled = payment_body is not None and payment_from_body(payment_body).channel in self.pooled_channels
+                must, family = refund_legs(internal, pooled)
                 known.update(transfer_id(r.refund_id, leg) for leg in family)
                 if int(status) == RefundStatus.SUCCEEDED:
                     items.append((r.refund_id, must, family, {"amount": r.amount}))

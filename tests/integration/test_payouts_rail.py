@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dualflow.core.payments.accounts import Party, holding_account, pool_account, receivable_account
+from dualflow.core.payments.accounts import Party, holding_account, pool_account, receivable_account, transfer_id
 from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus
 from dualflow.core.payments.procedures import PollTiming
 from dualflow.gateway.sandbox import NAMES, Sandbox
@@ -133,5 +133,10 @@ async def test_top_up_then_pay_out_through_a_pooled_rail(tmp_path: Path, sandbox
         # books balance, and the pooled channel is left out of the receivable's drift check.
         check = await platform.reconciliation.internal_check()
         assert check.findings == [], check.findings
+        # ... and a pooled payment without its sweep is found (a row removed around the writer).
+        await platform.ledger.write([("DELETE FROM transfers WHERE id = ?", (transfer_id(payout.payment_id, "sweep.1"),))])
+        broken = await platform.reconciliation.internal_check()
+        assert [(f.kind, f.subject, f.detail.split(" (")[0]) for f in broken.findings] == [
+            ("PAYMENT_POSTINGS", payout.payment_id, "missing transfer sweep.1")], broken.findings
     finally:
         await platform.stop()
