@@ -29,7 +29,9 @@ refund (return) of a collection from P      home(payee)             P
 
 and nothing when debtor and creditor are the same pool. An obligation's id derives from what
 created it (`pay:<payment id>`, `refund:<refund id>`), so recording it again is a replay.
-Pure: `Attribution.obligations` reads and assigns homes through the `Homes` it is given.
+Pure: `Attribution` reads and assigns homes through the `Homes` it is given. `of_request` answers
+what a movement *would* owe before it happens (clearing/gate.py), through `PeekHomes`, which reads
+stored homes and assigns none: a party without a home gets the fallback it would be assigned.
 """
 
 from __future__ import annotations
@@ -38,12 +40,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dualflow.core.payments.model import Asset, Payment, Refund
+from dualflow.core.payments.model import Asset, Payment, PaymentRequest, Refund
 
 
 class Homes(Protocol):
     async def home(self, party: str, fallback: str) -> str:
         """`party`'s home pool; assigned `fallback` (durably) when it has none yet."""
+        ...
+
+
+class KnownHomes(Protocol):
+    async def lookup(self, party: str) -> str | None:
+        """`party`'s home pool if it has one; assigns nothing."""
         ...
 
 
@@ -78,21 +86,32 @@ class Attribution:
 
     async def of_payment(self, payment: Payment, homes: Homes) -> list[Owed]:
         """The obligation a SUCCEEDED payment created (none, or one)."""
-        if payment.asset is Asset.POINTS or not self._counted(payment.currency):
+        return await self._of_movement(f"pay:{payment.payment_id}", payment.asset, payment.kind, payment.channel,
+                                       payment.payer, payment.payee, payment.amount, payment.currency, homes)
+
+    async def of_request(self, request: PaymentRequest, payment_id: str, channel: str, homes: Homes) -> list[Owed]:
+        """The obligation `request` would create if it succeeded as payment `payment_id` over
+        `channel` (the one routing chose; "" for an internal asset). Give it `PeekHomes`, so that
+        asking assigns nothing: the homes are assigned when the movement has happened (the feed)."""
+        return await self._of_movement(f"pay:{payment_id}", request.asset, request.kind, channel,
+                                       request.payer, request.payee, request.amount, request.currency, homes)
+
+    async def _of_movement(self, oid: str, asset: Asset, kind: str, channel: str, payer: str, payee: str,
+                           amount: int, currency: str, homes: Homes) -> list[Owed]:
+        if asset is Asset.POINTS or not self._counted(currency):
             return []
-        oid = f"pay:{payment.payment_id}"
-        if payment.asset is Asset.WALLET:
-            debtor = await self._home(homes, payment.payer)
-            creditor = await self._home(homes, payment.payee, fallback=debtor)
+        if asset is Asset.WALLET:
+            debtor = await self._home(homes, payer)
+            creditor = await self._home(homes, payee, fallback=debtor)
         else:
-            pool = self.channel_pools.get(payment.channel)
+            pool = self.channel_pools.get(channel)
             if pool is None:
                 return []  # the money is at a channel, not in a pool: nothing owed between pools
-            if payment.kind == "payout":
-                debtor, creditor = await self._home(homes, payment.payer, fallback=pool), pool
+            if kind == "payout":
+                debtor, creditor = await self._home(homes, payer, fallback=pool), pool
             else:
-                debtor, creditor = pool, await self._home(homes, payment.payee, fallback=pool)
-        return self._owed(oid, debtor, creditor, payment.amount, payment.currency)
+                debtor, creditor = pool, await self._home(homes, payee, fallback=pool)
+        return self._owed(oid, debtor, creditor, amount, currency)
 
     async def of_refund(self, refund: Refund, payment: Payment, homes: Homes) -> list[Owed]:
         """The obligation a SUCCEEDED refund of `payment` created: the payee gives money back."""
@@ -125,4 +144,19 @@ class MemoryHomes:
 
     async def home(self, party: str, fallback: str) -> str:
         return self.assigned.setdefault(party, fallback)
+
+    async def lookup(self, party: str) -> str | None:
+        return self.assigned.get(party)
+
+
+class PeekHomes:
+    """`Homes` that only read: a stored home, else the fallback, which is not stored (what a
+    movement that has not happened yet would be attributed)."""
+
+    def __init__(self, homes: KnownHomes) -> None:
+        self.homes = homes
+
+    async def home(self, party: str, fallback: str) -> str:
+        known = await self.homes.lookup(party)
+        return fallback if known is None else known
 

@@ -11,6 +11,11 @@ it reads again from the stored position, and recording the same obligation id ag
 (its id derives from the payment or refund, its pools from homes stored before the first
 attempt, so the fields are the same). A home is stored before any obligation that depends on it.
 
+A payment's movement is *done* for clearing once its obligation is recorded (it succeeded) or once
+it can no longer create one (it failed or was canceled): the feed then calls each of `done`
+(clearing/gate.py releases what it reserved for the payment there). With a listener it also reads
+the `payment.failed` and `payment.canceled` events for that; they record nothing.
+
 Metrics: `dualflow_clearing_feed_events_total{result}` (recorded, none: moved within one pool or
 not between pools), `dualflow_clearing_feed_position` (the outbox sequence read up to) and the
 platform's `dualflow_outbox_lag_seconds{consumer="clearing"}`.
@@ -22,6 +27,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
@@ -54,6 +60,7 @@ FEED_SCHEMA: Final[list[str]] = [
     "INSERT INTO clearing_feed (id, seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
 ]
 EVENT_TYPES: Final = ("payment.succeeded", "refund.succeeded")
+ENDED_TYPES: Final = ("payment.failed", "payment.canceled")  # read for the `done` listeners only
 CONSUMER: Final = "clearing"
 
 
@@ -74,7 +81,17 @@ class StoredHomes:
             await self.db.write([("INSERT INTO clearing_homes (party, pool, assigned_at_ns) VALUES (?, ?, ?) "
                                   "ON CONFLICT (party) DO NOTHING", (party, fallback, self.clock_ns()))])
             rows = await self.db.query("SELECT pool FROM clearing_homes WHERE party = ?", (party,))
-        pool = str(rows[0][0])
+        return self._remember(party, str(rows[0][0]))
+
+    async def lookup(self, party: str) -> str | None:
+        """`party`'s stored home, or None; stores nothing (clearing/gate.py asks before a movement)."""
+        known = self._known.get(party)
+        if known is not None:
+            return known
+        rows = await self.db.query("SELECT pool FROM clearing_homes WHERE party = ?", (party,))
+        return self._remember(party, str(rows[0][0])) if rows else None
+
+    def _remember(self, party: str, pool: str) -> str:
         if len(self._known) > 100_000:  # bounded: a long day sees many users once
             self._known.clear()
         self._known[party] = pool
@@ -99,6 +116,9 @@ class ObligationFeed:
         self.position = 0
         self._task: asyncio.Task[None] | None = None
         self._stepping = asyncio.Lock()  # the background reader and catch_up() take turns
+        # Called with a payment id once its obligation is recorded, or once it failed or was
+        # canceled (see the module docstring); a listener must not raise.
+        self.done: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         await self.db.ensure_schema(FEED_SCHEMA)
@@ -137,14 +157,19 @@ class ObligationFeed:
             return await self._step_locked()
 
     async def _step_locked(self) -> bool:
-        events = await self.outbox.read_after(self.position, self.batch, types=EVENT_TYPES)
+        types = (*EVENT_TYPES, *ENDED_TYPES) if self.done else EVENT_TYPES
+        events = await self.outbox.read_after(self.position, self.batch, types=types)
         self.outbox.record_lag(CONSUMER, events[0].created_at_ns if events else None)
         if not events:
             return False
         for event in events:
-            for owed in await self._owed(event):
-                await self.clearing.record(owed.obligation_id, owed.debtor_pool, owed.creditor_pool,
-                                           owed.amount_minor, owed.currency, fact=True)
+            if event.type not in ENDED_TYPES:
+                for owed in await self._owed(event):
+                    await self.clearing.record(owed.obligation_id, owed.debtor_pool, owed.creditor_pool,
+                                               owed.amount_minor, owed.currency, fact=True)
+            if event.type != "refund.succeeded":
+                for listener in self.done:
+                    listener(event.subject_id)
         last = events[-1].seq
         await self.db.write([("UPDATE clearing_feed SET seq = ? WHERE id = 1 AND seq < ?", (last, last))])
         self.position = last

@@ -66,3 +66,8 @@ POOL_BANK_UNEXPLAINED = Gauge(
     "The part of a pool's bank difference that transfers in flight do not explain, minor units: 0 when the "
     "bank and the ledger agree (what to alert on)",
     ["pool", "currency"])
+GATE_RESERVED = Gauge(
+    "dualflow_clearing_gate_reserved_minor",
+    "Movements the cap gate admitted whose obligation the clearing feed has not recorded yet, by debtor pool, "
+    "in minor units: counted against the pool's net debit cap with its position (clearing/gate.py)",
+    ["pool", "currency"])
