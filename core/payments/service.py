@@ -13,6 +13,10 @@ Payouts (`create_payout`, kind "payout") take the same path in the other directi
 wallet money leaves for the user's own bank account through a bank-transfer channel. Channels in
 `channel_pools` collect straight into one of our reserve-fund pools; settling their payments and
 refunds sweeps the money between the channel's receivable and the pool (procedures.py).
+
+An optional `admission` (clearing/gate.py: the net debit caps between pools) is asked after
+validation and routing, before the commit: a domain error it raises refuses the request and
+changes nothing, except for a retry of a request already answered, which is answered as before.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any, Protocol
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from dualflow.core.errors import AlreadyExists, FieldViolation, InvalidRequest, NotFound, PreconditionFailed
+from dualflow.core.errors import AlreadyExists, DualflowError, FieldViolation, InvalidRequest, NotFound, \
+    PreconditionFailed
 from dualflow.core.ledger.service import LedgerService
 from dualflow.core.money import CURRENCIES
 
@@ -78,6 +83,18 @@ class CardLookup(Protocol):
         ...
 
 
+class Admission(Protocol):
+    """A check a movement passes before it is committed, told when the request it admitted did
+    not become a new payment (so it can forget what it reserved for `payment_id`)."""
+
+    async def admit(self, request: PaymentRequest, payment_id: str, channel: str) -> None:
+        """Raise a domain error to refuse `request`, to become `payment_id` over `channel` ("" if internal)."""
+        ...
+
+    def release(self, payment_id: str) -> None:
+        ...
+
+
 def _violation(field: str, description: str) -> InvalidRequest:
     return InvalidRequest(f"{field} {description}", reason="FIELD_INVALID",
                           violations=(FieldViolation(field, description),))
@@ -115,8 +132,10 @@ class PaymentService:
         channel_concurrency: int = 256,
         maintenance_interval_s: float = 60.0,
         channel_pools: Mapping[str, str] = {},  # noqa: B006 - read only, copied below
+        admission: Admission | None = None,
     ) -> None:
         self.ledger = ledger
+        self.admission = admission
         # channel -> the pool its money lands in (its account at the bank is that pool's)
         self.channel_pools: dict[str, str] = dict(channel_pools)
         self.merchants = dict(merchants)
@@ -228,12 +247,24 @@ class PaymentService:
         asked = asdict(request)
         if request.kind == "pay":
             del asked["kind"]  # the fingerprint of an ordinary payment stays what it was before payouts
+        # Payouts are payments too ("pay_" ids): reconciliation tells them by their kind.
+        payment_id = _new_id("pay")
+        admitted = await self._admit(request, payment_id, channel)
         procedure = CreatePayment(
-            # Payouts are payments too ("pay_" ids): reconciliation tells them by their kind.
-            request=request, fingerprint=fingerprint(asked), payment_id=_new_id("pay"), fee=fee,
+            request=request, fingerprint=fingerprint(asked), payment_id=payment_id, fee=fee,
             key_window_ns=self.key_window_ns, channel=channel, card=card, routing=routing,
         )
-        outcome: Outcome = await self.ledger.run(procedure)
+        try:
+            outcome: Outcome = await self.ledger.run(procedure)
+        except BaseException:
+            # The commit may have happened all the same: the payment then moves over what was
+            # reserved for it, as after a crash (its obligation is recorded as a fact).
+            if admitted:
+                self._release(payment_id)
+            raise
+        if admitted and (outcome.kind != "created" or outcome.payment is None
+                         or outcome.payment.status is PaymentStatus.FAILED):
+            self._release(payment_id)  # no new payment, or one that moved nothing
         if outcome.kind == "reused":
             metrics.REQUESTS_REPLAYED.labels("payment", "reused").inc()
             raise AlreadyExists(
@@ -251,6 +282,24 @@ class PaymentService:
         if payment.status is PaymentStatus.CREATED:
             self._drive(payment)
         return payment
+
+    async def _admit(self, request: PaymentRequest, payment_id: str, channel: str) -> bool:
+        """Ask `admission` (True: it admitted the request). A refused request whose id was answered
+        before (a live request key) goes on to the commit, which answers it as it was answered."""
+        if self.admission is None:
+            return False
+        try:
+            await self.admission.admit(request, payment_id, channel)
+        except DualflowError:
+            rows = await self.ledger.query(records.SELECT_KEY_ANY, (f"pay:{request.merchant_id}", request.request_id))
+            if any(expires > self.clock_ns() for _, _, expires in rows):
+                return False
+            raise
+        return True
+
+    def _release(self, payment_id: str) -> None:
+        assert self.admission is not None
+        self.admission.release(payment_id)
 
     async def cancel_payment(self, payment_id: str, reason: str = "") -> Payment:
         if len(reason) > TEXT_MAX:
