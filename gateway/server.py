@@ -24,6 +24,7 @@ from dualflow.adapters.registry import build as build_adapter
 from dualflow.clearing.attribution import Attribution
 from dualflow.clearing.bank_check import PoolBankCheck
 from dualflow.clearing.feed import ObligationFeed
+from dualflow.clearing.gate import CapGate
 from dualflow.clearing.service import ClearingService
 from dualflow.clearing.settlement import SettlementExecutor
 from dualflow.core.balance_check import BalanceCheck
@@ -193,6 +194,11 @@ class Platform:
             Attribution(clearing_settings.home_pool, clearing_settings.channel_pools,
                         clearing_settings.merchant_pools, frozenset(clearing_settings.currencies))) \
             if clearing_settings.pools else None
+        # Under the refuse cap policy a movement between pools is refused before it happens
+        # (clearing/gate.py); the feed releases what the gate reserved as it records.
+        self.cap_gate = CapGate.attach(self.clearing, self.obligation_feed) \
+            if self.obligation_feed is not None else None
+        self.payments.admission = self.cap_gate
         # Reconciliation: each channel's statement against our payments (on request, and daily
         # when [reconciliation] enables it); what a statement proves moves through the payments.
         gateway = self.gateway
