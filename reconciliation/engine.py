@@ -27,7 +27,7 @@ import asyncio
 import marshal
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from dualflow.adapters.contract import Outcome, StatementLine
@@ -41,7 +41,24 @@ SPLIT_FANOUT = 16
 LOOKUP_BATCH = 512
 YIELD_EVERY = 4_096  # let the event loop run this often during long CPU phases
 
-Lookup = Callable[[Sequence[str]], Awaitable[Mapping[str, Instruction]]]
+# Our side's rows are an Instruction's fields in order, optionally followed by the payment's bank
+# code (ours.py); an Instruction is such a row without it.
+Lookup = Callable[[Sequence[str]], Awaitable[Mapping[str, "Instruction | tuple[Any, ...]"]]]
+FIELDS = len(Instruction._fields)
+
+
+def _instruction(row: tuple[Any, ...]) -> Instruction:
+    return row if type(row) is Instruction else Instruction._make(row[:FIELDS])
+
+
+def _policy_of(policy: Policy, row: tuple[Any, ...]) -> Policy:
+    """The policy for one instruction: when its row names the payment's bank, the fee model is
+    asked with it (a channel prices a payment at its home bank with its same-bank schedule)."""
+    bank_code = row[FIELDS] if len(row) > FIELDS else ""
+    fee_for: Any = policy.fee_for
+    if not bank_code or fee_for is None:
+        return policy
+    return replace(policy, fee_for=lambda kind, currency, amount: fee_for(kind, currency, amount, bank_code))
 
 
 @dataclass
@@ -199,8 +216,8 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
 
     `lines`: the channel's statement for the day (`adapter.fetch_statement`), consumed whole
     first. `instructions`: ours for the channel and day (`ours.read_instructions`), any order.
-    `lookup`: finds instructions by id outside `instructions` (other business days: a payment
-    created just before midnight settles on the next statement). `tally` counts every result;
+    `lookup`: finds instructions (or rows, see `Lookup`) by id outside `instructions` (other
+    business days: a payment created just before midnight settles on the next statement). `tally` counts every result;
     with `emit_matched=False` plain MATCHED results are only counted, not yielded (a run stores
     counts of those and keeps what needs acting on)."""
     tally = tally if tally is not None else Tally()
@@ -248,16 +265,16 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
         theirs.close()
         # Pass 2: by the channel's reference, what is left on both sides.
         for p in range(ref_ours.partitions):
-            claims: dict[str, list[Instruction]] = {}
+            claims: dict[str, list[tuple[Any, ...]]] = {}
             for row in ref_ours.items(p):
-                claims.setdefault(row[4], []).append(Instruction._make(row))
-            refs: dict[str, Instruction] = {}
+                claims.setdefault(row[4], []).append(tuple(row))
+            refs: dict[str, tuple[Any, ...]] = {}
             for ref, claimed in claims.items():
                 if len(claimed) == 1:
                     refs[ref] = claimed[0]
                 else:  # several of ours claim one reference: it pairs none of them
-                    for ins in claimed:
-                        for r in _classified([unanswered(ins, policy)], tally, emit_matched):
+                    for ins_row in claimed:
+                        for r in _classified([unanswered(_instruction(ins_row), policy)], tally, emit_matched):
                             yield r
             paired: dict[str, list[Line]] = {}
             for ref, group in ref_lines.items(p):
@@ -268,8 +285,9 @@ async def reconcile(lines: AsyncIterable[StatementLine] | Iterable[StatementLine
                         to_lookup.add("", [x for x in group if x[1] != ref])
                 else:
                     to_lookup.add("", group)
-            for ref, ins in refs.items():
-                for r in _classified(classify(ins, paired.get(ref, ()), policy), tally, emit_matched):
+            for ref, ins_row in refs.items():
+                for r in _classified(classify(_instruction(ins_row), paired.get(ref, ()), _policy_of(policy, ins_row)),
+                                     tally, emit_matched):
                     yield r
             await asyncio.sleep(0)
         # Pass 3: lines of instructions from other business days, or of none of ours.
@@ -327,7 +345,7 @@ def _join(ours: Partitioned, theirs: Partitioned, p: int, policy: Policy, tally:
             groups[row[0]] = [row]
         else:
             g.append(row)
-    fee_for = policy.fee_for
+    fee_for: Any = policy.fee_for
     matched: dict[str, tuple[int, int]] = {}
     matched_lines = 0
     for iid, rows in groups.items():
@@ -345,7 +363,12 @@ def _join(ours: Partitioned, theirs: Partitioned, p: int, policy: Policy, tally:
             if kind == ins_row[1] and amount == ins_row[5] and currency == ins_row[6]:
                 ours_status = ins_row[7]
                 if status == "SUCCEEDED" and ours_status in MOVED:
-                    expected = fee_for(kind, currency, amount) if fee_for is not None else None
+                    if fee_for is None:
+                        expected = None
+                    elif len(ins_row) > FIELDS and ins_row[FIELDS]:  # the payment's bank: same-bank fees
+                        expected = fee_for(kind, currency, amount, ins_row[FIELDS])
+                    else:
+                        expected = fee_for(kind, currency, amount)
                     ok = expected is None or expected == fee
                 elif status == "FAILED" and ours_status in NOT_MOVED:
                     ok = fee == 0
@@ -356,15 +379,15 @@ def _join(ours: Partitioned, theirs: Partitioned, p: int, policy: Policy, tally:
                     matched[currency] = (count + 1, total + amount)
                     matched_lines += 1
                     continue
-        yield from _classified(classify(Instruction._make(ins_row), [Line._make(r) for r in rows], policy), tally,
-                               emit_matched)
+        yield from _classified(classify(_instruction(ins_row), [Line._make(r) for r in rows],
+                                        _policy_of(policy, ins_row)), tally, emit_matched)
     if matched:
         tally.add_matched(matched_lines, matched)
     for ins_row in mine.values():
         if ins_row[4]:
             sides.ref_ours.add(ins_row[4], ins_row)
         else:
-            yield from _classified([unanswered(Instruction._make(ins_row), policy)], tally, emit_matched)
+            yield from _classified([unanswered(_instruction(ins_row), policy)], tally, emit_matched)
 
 
 async def _looked_up(groups: list[Any], lookup: Lookup | None, policy: Policy, tally: Tally,
@@ -375,6 +398,9 @@ async def _looked_up(groups: list[Any], lookup: Lookup | None, policy: Policy, t
         ids = sorted({g[0][0] for g in batch if g[0][0]})
         found = await lookup(ids) if lookup is not None and ids else {}
         for g in batch:
-            ins = found.get(g[0][0]) if g[0][0] else None
-            for r in _classified(classify(ins, [Line._make(x) for x in g], policy), tally, emit_matched):
+            row = found.get(g[0][0]) if g[0][0] else None
+            ins = _instruction(row) if row is not None else None
+            for r in _classified(classify(ins, [Line._make(x) for x in g],
+                                          _policy_of(policy, row) if row is not None else policy),
+                                 tally, emit_matched):
                 yield r

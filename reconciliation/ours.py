@@ -9,13 +9,19 @@ kind "pay", or "payout" for a payout, which the body says by its top-level `kind
 for "pay") or a refund (`{refund_id}-1`, on its payment's channel). Internal payments (points,
 wallet) have no channel and are left out in SQL by `asset`.
 
+A row is an Instruction's fields in order, then one more: the payment's bank code (its
+`bank_account.bank_code`: the payer's bank for a collection, the beneficiary's for a payout; ""
+for a card payment and a refund). The fee check needs it: a channel prices a payment at its
+home bank with its same-bank schedule (routing/policy.py `Router.fee`), so the expected fee
+depends on it (engine.py passes it to the fee model). `Instruction._make(row[:10])` drops it.
+
 Business day: the UTC date of the instruction's creation. The channels we ship book in UTC
 (a channel booking in another zone would shift it by its offset); an instruction created just
 before midnight and settled just after lands on the next day's statement: it is EXPECTED on its
 own day, and the next day's run finds its line through `lookup_instructions`.
 
 Decoding: a body is compact JSON with sorted keys (core/payments/records.py). On SQLite and
-PostgreSQL the database decodes the five fields we need itself (its JSON functions, in C, on the
+PostgreSQL the database decodes the six fields we need itself (its JSON functions, in C, on the
 store's reader thread while this thread works on the previous page). Elsewhere a full json.loads
 of a payment body would cost about as much as parsing a whole statement line, so they are cut out
 of the text (`_payment_fields` by position; refunds by key): a `"key":` outside a string is
@@ -108,6 +114,7 @@ class _Decoder:
 
 
 _PAYMENT_KEYS = (("amount", int), ("attempt", int), ("channel", str), ("channel_reference", str), ("currency", str))
+INSTRUCTION_FIELDS = 10  # a row's Instruction part; the bank code follows
 _REFUND_KEYS = (("amount", int), ("currency", str))
 _KIND_KEY = '"kind":'
 
@@ -121,22 +128,50 @@ def _payment_kind(body: str) -> str:
 
 
 def _payment_fields(body: str) -> tuple[int, int, str, str, str] | None:
-    """amount, attempt, channel, channel_reference, currency of a payment body, by position. The
-    keys are sorted: `amount` first, and `channel`, `channel_reference`, `created_at_ns`, `currency`
-    one right after the other, which pins all four to the top level (metadata, the only later
-    object, holds only strings, so it cannot hold `"created_at_ns":<int>`); before `channel` only
-    bank_account's holder name is text a person wrote, and a quote in it is escaped, so
-    `"channel":"` cannot start inside it. None where the body is not as expected (a null, an
-    escape, another shape): the caller decodes it in full."""
+    """amount, attempt, channel, channel_reference, currency of a payment body, by position (see
+    `_payment_row_fields`); None where the body is not as expected."""
+    f = _payment_row_fields(body)
+    return None if f is None else (f[0], f[1], f[3], f[4], f[5])
+
+
+_BANK_NULL = ',"bank_account":null,'
+_BANK_OPEN = ',"bank_account":{"account_last4":"'
+
+
+def _payment_row_fields(body: str) -> tuple[int, int, str, str, str, str] | None:
+    """amount, attempt, bank code, channel, channel_reference, currency of a payment body, by
+    position. The keys are sorted: `amount` first, `bank_account` right after `attempt` (null, or
+    an object whose keys are sorted too: `account_last4` then `bank_code`), and `channel`,
+    `channel_reference`, `created_at_ns`, `currency` one right after the other, which pins all
+    four to the top level (metadata, the only later object, holds only strings, so it cannot hold
+    `"created_at_ns":<int>`); before `channel` only bank_account's holder name is text a person
+    wrote, and a quote in it is escaped, so `"channel":"` cannot start inside it. None where the
+    body is not as expected (an escape, another shape): the caller decodes it in full."""
     if not body.startswith('{"amount":'):
         return None
     find = body.find
     e = find(",", 10)
     i = find('"attempt":', e)
     j = find(",", i + 10)
-    k0 = find('"channel":"', j)
+    if min(e, i, j) < 0:
+        return None
+    if body.startswith(_BANK_NULL, j):
+        bank = ""
+        after = j + len(_BANK_NULL)
+    elif body.startswith(_BANK_OPEN, j):
+        b0 = find('","bank_code":"', j + len(_BANK_OPEN))
+        b1 = find('"', b0 + 15)
+        if min(b0, b1) < 0:
+            return None
+        bank = body[b0 + 15:b1]
+        if "\\" in body[j:b1] or '"' in body[j + len(_BANK_OPEN):b0]:
+            return None
+        after = b1
+    else:
+        return None
+    k0 = find('"channel":"', after)
     k = find('"', k0 + 11)
-    if min(e, i, j, k0, k) < 0 or not body.startswith('","channel_reference":"', k):
+    if min(k0, k) < 0 or not body.startswith('","channel_reference":"', k):
         return None
     m = find('"', k + 23)
     if m < 0 or not body.startswith('","created_at_ns":', m):
@@ -149,9 +184,17 @@ def _payment_fields(body: str) -> tuple[int, int, str, str, str] | None:
     if "\\" in channel or "\\" in reference or "\\" in currency:
         return None
     try:
-        return int(body[10:e]), int(body[i + 10:j]), channel, reference, currency
+        return int(body[10:e]), int(body[i + 10:j]), bank, channel, reference, currency
     except ValueError:
         return None
+
+
+def _payment_row_fields_full(body: str) -> tuple[int, int, str, str, str, str]:
+    """What `_payment_row_fields` answers, by json.loads (its check, and its fallback)."""
+    obj = json.loads(body)
+    account = obj.get("bank_account") or {}
+    return (obj.get("amount") or 0, obj.get("attempt") or 0, account.get("bank_code") or "", obj.get("channel") or "",
+            obj.get("channel_reference") or "", obj.get("currency") or "")
 
 
 class PagedInstructions:
@@ -167,7 +210,7 @@ class PagedInstructions:
     async def _each(self) -> AsyncIterator[Instruction]:
         async for page in self.pages():
             for row in page:
-                yield Instruction._make(row)
+                yield Instruction._make(row[:INSTRUCTION_FIELDS])
 
 
 class InstructionReader(PagedInstructions):
@@ -194,9 +237,15 @@ def read_instructions(db: Database, channel: str, business_date: str,
 
 async def lookup_instructions(db: Database, channel: str, instruction_ids: Sequence[str]) -> dict[str, Instruction]:
     """Instructions by id, whatever their business day (lines that settled on a later statement)."""
+    return {k: Instruction._make(row[:INSTRUCTION_FIELDS])
+            for k, row in (await lookup_rows(db, channel, instruction_ids)).items()}
+
+
+async def lookup_rows(db: Database, channel: str, instruction_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """`lookup_instructions` as rows (the bank code included), what a run's engine is given."""
     payment_ids = sorted({i.rpartition("-")[0] for i in instruction_ids if i.startswith("pay_")})
     refund_ids = sorted({i.rpartition("-")[0] for i in instruction_ids if not i.startswith("pay_")})
-    found: dict[str, Instruction] = {}
+    found: dict[str, tuple[Any, ...]] = {}
     for ids, reader in ((payment_ids, _payment_rows), (refund_ids, _refund_rows)):
         for n in range(0, len(ids), 500):
             chunk = ids[n:n + 500]
@@ -204,20 +253,23 @@ async def lookup_instructions(db: Database, channel: str, instruction_ids: Seque
             where = f"{column} IN ({', '.join('?' * len(chunk))})"
             async for page in reader(db, channel, where, tuple(chunk), len(chunk) + 1):
                 for row in page:
-                    found[row[0]] = Instruction._make(row)
+                    found[row[0]] = row
     wanted = set(instruction_ids)
     return {k: v for k, v in found.items() if k in wanted}
 
 
-# The five fields decoded by the database itself (C, on the store's reader thread, while this
+# The six fields decoded by the database itself (C, on the store's reader thread, while this
 # thread works through the previous page), where we know its JSON functions.
 # The channel test goes in SQL too: SQLite keeps the parse of a body for the next json_extract
 # of the same row (cheaper than the LIKE scan it replaces); PostgreSQL keeps the LIKE prefilter.
-# `kind` last: the top-level key only (NULL for an ordinary payment, whose body has none).
+# `kind` then the bank code last: the top-level key only (NULL for an ordinary payment, whose body
+# has none), and bank_account's (NULL for a card payment).
 _EXTRACTED: dict[str, tuple[str, str]] = {
-    "sqlite": (", ".join(f"json_extract(p.body, '$.{key}')" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
+    "sqlite": (", ".join([*(f"json_extract(p.body, '$.{key}')" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
+                          "json_extract(p.body, '$.bank_account.bank_code')"]),
                "json_extract(p.body, '$.channel') = ?"),
-    "postgres": (", ".join(f"(p.body::jsonb)->>'{key}'" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
+    "postgres": (", ".join([*(f"(p.body::jsonb)->>'{key}'" for key, _ in (*_PAYMENT_KEYS, ("kind", str))),
+                            "(p.body::jsonb)->'bank_account'->>'bank_code'"]),
                  "p.body LIKE ? ESCAPE '\\'"),
 }
 
@@ -237,14 +289,13 @@ async def _payment_rows(db: Database, channel: str, where: str, params: tuple[An
         async for page in _payment_rows_extracted(db, channel, where, params, page_rows, extracted):
             yield page
         return
-    decoder = _Decoder()
     sql = ("SELECT p.payment_id, p.status, p.created_at_ns, p.body, c.window_ends_ns FROM payments p "
            "LEFT JOIN channel_polls c ON c.object_id = p.payment_id "
            f"WHERE p.payment_id > ? AND {where} AND p.asset IN (3, 4) AND p.body LIKE ? ESCAPE '\\' "
            "ORDER BY p.payment_id LIMIT ?")
     like = _like(channel)
     status_of = PAYMENT_STATUS
-    fields = _payment_fields
+    fields = _payment_row_fields
     seen = 0
     async for rows in _pages(db, sql, params, like, page_rows):
         page = []
@@ -252,16 +303,14 @@ async def _payment_rows(db: Database, channel: str, where: str, params: tuple[An
             seen += 1
             f = fields(body)
             if f is None or seen % SAMPLE_EVERY == 0:
-                full = decoder.fields(body, _PAYMENT_KEYS)
-                decoded = (full["amount"], full["attempt"], full["channel"], full["channel_reference"],
-                           full["currency"])
+                decoded = _payment_row_fields_full(body)
                 assert f is None or f == decoded, f"payment body format changed under reconciliation: {f} != {decoded}"
                 f = decoded
-            amount, attempt, their_channel, reference, currency = f
+            amount, attempt, bank_code, their_channel, reference, currency = f
             if their_channel != channel:
                 continue
             page.append((f"{payment_id}-{attempt}", _payment_kind(body), payment_id, channel, reference, amount,
-                         currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
+                         currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0), bank_code))
         yield page
 
 
@@ -277,14 +326,15 @@ async def _payment_rows_extracted(db: Database, channel: str, where: str, params
     async for rows in _pages(db, sql, params, like, page_rows):
         page = []
         for payment_id, status, created_at_ns, window_ends_ns, amount, attempt, their_channel, reference, currency, \
-                kind in rows:
+                kind, bank_code in rows:
             if their_channel != channel:
                 continue
             # A body without these is not a payment body as this code knows it: stop, do not guess.
             assert amount is not None and attempt is not None and currency, \
                 f"payment body format changed under reconciliation: {payment_id} has {amount=} {attempt=} {currency=}"
             page.append((f"{payment_id}-{attempt}", kind or "pay", payment_id, channel, reference or "", int(amount),
-                         currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
+                         currency, status_of[int(status)], int(created_at_ns), int(window_ends_ns or 0),
+                         bank_code or ""))
         yield page
 
 
@@ -321,28 +371,37 @@ async def _refund_rows(db: Database, channel: str, where: str, params: tuple[Any
                 continue
             f = decoder.fields(body, _REFUND_KEYS)
             page.append((f"{refund_id}-1", "refund", refund_id, channel, "", f["amount"], f["currency"],
-                         REFUND_STATUS[int(status)], int(created_at_ns), int(window_ends_ns or 0)))
+                         REFUND_STATUS[int(status)], int(created_at_ns), int(window_ends_ns or 0), ""))
         yield page
 
 
-def fee_model(fees: Mapping[str, Any]) -> Any:
+def fee_model(fees: Mapping[str, Any], same_bank_fees: Mapping[str, Any] | None = None, home_bank: str = "") -> Any:
     """Our fee model as the engine's `fee_for`: the channel's FeeSchedule per currency (from its
-    adapter's Capabilities.fees) for settled pays; other kinds and currencies are not checked."""
-    def fee_for(kind: str, currency: str, amount: int) -> int | None:
-        schedule = fees.get(currency)
-        return schedule.fee_for(amount) if kind == "pay" and schedule is not None else None
+    adapter's Capabilities.fees) for settled pays, or its same-bank one (`same_bank_fees`) for a
+    payment whose bank is the channel's `home_bank`; other kinds and currencies are not checked."""
+    same = same_bank_fees or {}
+
+    def fee_for(kind: str, currency: str, amount: int, bank_code: str = "") -> int | None:
+        if kind != "pay":
+            return None
+        schedule = same.get(currency) if bank_code and bank_code == home_bank else None
+        if schedule is None:
+            schedule = fees.get(currency)
+        return schedule.fee_for(amount) if schedule is not None else None
     return fee_for
 
 
 def router_fee_model(router: Any, channel: str) -> Any:
     """Our fee model as the router has it (routing/policy.py Router: the adapter's fee schedules
-    with the operator's per-channel overrides, `Router.fee`), as the engine's `fee_for`; a
-    currency with no schedule on either side, and kinds other than pay, are not checked."""
-    def fee_for(kind: str, currency: str, amount: int) -> int | None:
+    with the operator's per-channel overrides, and its same-bank schedule for a payment whose
+    bank is the channel's home bank: `Router.fee`), as the engine's `fee_for`; a currency with no
+    schedule on any side, and kinds other than pay, are not checked."""
+    def fee_for(kind: str, currency: str, amount: int, bank_code: str = "") -> int | None:
         caps = router.capabilities.get(channel)
         if kind != "pay" or caps is None:
             return None
-        if currency not in caps.fees and currency not in (router.config.rule(channel).fees or {}):
+        same_bank = bool(bank_code) and bank_code == caps.home_bank and currency in caps.same_bank_fees
+        if not same_bank and currency not in caps.fees and currency not in (router.config.rule(channel).fees or {}):
             return None
-        return int(router.fee(channel, currency, amount))
+        return int(router.fee(channel, currency, amount, bank_code))
     return fee_for

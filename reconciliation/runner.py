@@ -16,8 +16,15 @@ Fees: every line with a fee is noted as the statement streams past (spooled to d
 stays flat) and, once the run has completed, handed to the `FeePoster` (the payment side's
 `ChannelFees`: the channel's fee expense against its receivable, idempotent per line); a
 rejected statement posts nothing. The expected fee the engine compares each line with is the
-adapter's fee schedule, or the `fee_for` a caller passes (the router's, with the operator's
-overrides).
+adapter's fee schedule (its same-bank one for a payment at the channel's home bank), or the
+`fee_for` a caller passes (the router's, with the operator's overrides).
+
+Other instructions on a channel (`sources`, by channel): a channel may carry money movements
+that are not payments, such as the clearing center's settlement transfers over the
+bank-transfer rail. An `InstructionSource` gives them as rows of our side (the day's, and any
+by id for lines of other days or carried EXPECTED ones); they are classified like payments, and
+a run's automatic resolution of one goes to the source, not to the payment Resolver (the source
+applies it through its own state machine). This module knows nothing of clearing.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dualflow.core.database import Database
 from . import metrics
 from .engine import Partitioned, Tally, reconcile
 from .model import Action, Class, FeeFor, Policy, Result
-from .ours import PagedInstructions, day_bounds_ns, fee_model, lookup_instructions, read_instructions
+from .ours import PagedInstructions, day_bounds_ns, fee_model, lookup_rows, read_instructions
 from .store import ReconciliationStore, Run, result_row
 
 DAY_NS = 24 * 3600 * 10**9
@@ -51,6 +58,24 @@ class Resolver(Protocol):
     action again). True when it moved the payment."""
 
     async def resolve(self, run_id: str, object_id: str, kind: str, action: Action, result: Result) -> bool: ...
+
+
+class InstructionSource(Protocol):
+    """Instructions of ours on one channel besides its payments and refunds (the clearing center's
+    settlement transfers over its rail: adapters/transfer/settlement.py SettlementInstructions).
+
+    Rows are an Instruction's fields in order (model.py). `day` gives those that belong to the
+    business day [start_ns, end_ns) (sent, and created in it); `find` those of the given
+    instruction ids it knows, whatever their day (ids not its own are ignored; a statement line
+    proves an instruction was sent). `resolve` applies a run's MARK_SUCCEEDED / MARK_FAILED
+    proposal for one of them (`object_id`: the row's), like Resolver.resolve: re-checked inside
+    its own state machine, idempotent, True when it moved the instruction."""
+
+    async def day(self, start_ns: int, end_ns: int) -> Sequence[tuple[Any, ...]]: ...
+
+    async def find(self, instruction_ids: Sequence[str]) -> Mapping[str, tuple[Any, ...]]: ...
+
+    async def resolve(self, run_id: str, object_id: str, action: Action, result: Result) -> bool: ...
 
 
 class FeeItem(NamedTuple):
@@ -104,8 +129,10 @@ class _FeeTap:
 
 class Reconciler:
     def __init__(self, db: Database, *, resolver: Resolver | None = None, fees: FeePoster | None = None,
-                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns, keep_results: bool = False) -> None:
+                 sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns, keep_results: bool = False,
+                 sources: Mapping[str, InstructionSource] | None = None) -> None:
         self.db = db
+        self.sources = dict(sources or {})  # channel -> its instructions that are not payments
         self.keep_results = keep_results  # every result kept in recon_lines, for the report
         self.store = ReconciliationStore(db, clock_ns)
         self.resolver = resolver
@@ -140,8 +167,10 @@ class Reconciler:
         channel = adapter.name
         run = await self.store.start_run(channel, business_date)
         _start, end = day_bounds_ns(business_date)
+        caps = adapter.describe()
         policy = Policy(cutoff_ns=end if cutoff_ns is None else cutoff_ns, now_ns=self.clock_ns(), sla_ns=self.sla_ns,
-                        fee_for=fee_for if fee_for is not None else fee_model(adapter.describe().fees))
+                        fee_for=fee_for if fee_for is not None else fee_model(caps.fees, caps.same_bank_fees,
+                                                                              caps.home_bank))
         tally = Tally()
         kept_before = 0
         automatic: list[Result] = []
@@ -149,11 +178,10 @@ class Reconciler:
         kept: list[tuple[Any, ...]] = []
         keep = self.keep_results
         tap = _FeeTap()
+        ours = _Ours(self, channel, business_date)
         try:
-            async for r in reconcile(tap.lines(adapter.fetch_statement(business_date)),
-                                     self._ours(channel, business_date), policy,
-                                     lookup=lambda ids: lookup_instructions(self.db, channel, ids), tally=tally,
-                                     emit_matched=keep):
+            async for r in reconcile(tap.lines(adapter.fetch_statement(business_date)), ours, policy,
+                                     lookup=ours.lookup, tally=tally, emit_matched=keep):
                 if keep:
                     kept.append(result_row(channel, len(kept) + 1 + kept_before, r))
                     if len(kept) >= 500:
@@ -186,14 +214,18 @@ class Reconciler:
         applied = refused = 0
         try:
             fees = await self._post_fees(run, tap)
-            if self.resolver is not None:
-                for r in automatic:
-                    assert r.instruction is not None
-                    ok = await self.resolver.resolve(run.run_id, r.instruction.object_id, r.instruction.kind,
-                                                     r.action, r)
-                    await self.store.action_done(run.run_id, r.instruction.object_id, "applied" if ok else "refused")
-                    applied, refused = applied + ok, refused + (not ok)
-                    metrics.AUTO_RESOLUTIONS.labels(channel, r.action.value, "applied" if ok else "refused").inc()
+            for r in automatic:
+                assert r.instruction is not None
+                object_id = r.instruction.object_id
+                if ours.source is not None and object_id in ours.sourced:
+                    ok = await ours.source.resolve(run.run_id, object_id, r.action, r)
+                elif self.resolver is not None:
+                    ok = await self.resolver.resolve(run.run_id, object_id, r.instruction.kind, r.action, r)
+                else:
+                    continue
+                await self.store.action_done(run.run_id, object_id, "applied" if ok else "refused")
+                applied, refused = applied + ok, refused + (not ok)
+                metrics.AUTO_RESOLUTIONS.labels(channel, r.action.value, "applied" if ok else "refused").inc()
         except BaseException as exc:
             await self.store.finish_run(run, "failed", detail=f"{exc.__class__.__name__}: {exc}")
             raise
@@ -215,21 +247,40 @@ class Reconciler:
         await self.store.record_fees(run.run_id, fees)
         return fees
 
-    def _ours(self, channel: str, business_date: str) -> _Ours:
-        return _Ours(self, channel, business_date)
 
 
 class _Ours(PagedInstructions):
-    """Our side of a run: the day's instructions, then those still EXPECTED from earlier days."""
+    """Our side of a run: the day's instructions (and the source's, if the channel has one), then
+    those still EXPECTED from earlier days; and the lookup of other days' by id. Notes which
+    object ids came from the source (their resolutions go to it)."""
 
     def __init__(self, reconciler: Reconciler, channel: str, business_date: str) -> None:
         self.reconciler, self.channel, self.business_date = reconciler, channel, business_date
+        self.source = reconciler.sources.get(channel)
+        self.sourced: set[str] = set()
 
     async def pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
         db, store = self.reconciler.db, self.reconciler.store
         async for page in read_instructions(db, self.channel, self.business_date).pages():
             yield page
+        if self.source is not None:
+            page = [tuple(row) for row in await self.source.day(*day_bounds_ns(self.business_date))]
+            self.sourced.update(row[2] for row in page)
+            yield page
         carried: Sequence[str] = await store.expected(self.channel, self.business_date)
         for n in range(0, len(carried), 500):
-            found = await lookup_instructions(db, self.channel, carried[n:n + 500])
-            yield [tuple(ins) for ins in found.values()]
+            found = await self.lookup(carried[n:n + 500])
+            yield [tuple(row) for row in found.values()]
+
+    async def lookup(self, instruction_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Instructions by id whatever their day: the source's first (it knows its own ids), then
+        the payments' and refunds'."""
+        found: dict[str, tuple[Any, ...]] = {}
+        rest = instruction_ids
+        if self.source is not None and instruction_ids:
+            found = {k: tuple(row) for k, row in (await self.source.find(instruction_ids)).items()}
+            self.sourced.update(row[2] for row in found.values())
+            rest = [i for i in instruction_ids if i not in found]
+        if rest:
+            found.update(await lookup_rows(self.reconciler.db, self.channel, rest))
+        return found

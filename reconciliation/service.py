@@ -29,7 +29,7 @@ from dualflow.core.errors import FieldViolation, InvalidRequest, Unavailable
 from . import metrics
 from .internal import InternalCheck, InternalReport
 from .model import Class, FeeFor
-from .runner import DAY_NS, FeePoster, Reconciler, Resolver, RunReport
+from .runner import DAY_NS, FeePoster, InstructionSource, Reconciler, Resolver, RunReport
 from .store import RESOLUTION_ACTIONS, Discrepancy, DiscrepancyService, ResultRow, Run
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,13 @@ class ReconciliationService:
     def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter], *, resolver: Resolver | None = None,
                  fees: FeePoster | None = None, fee_for: Callable[[str], FeeFor | None] | None = None,
                  sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns,
-                 pooled_channels: frozenset[str] = frozenset()) -> None:
+                 pooled_channels: frozenset[str] = frozenset(),
+                 sources: Mapping[str, InstructionSource] | None = None) -> None:
         self.adapters = dict(adapters)
+        # `sources`: a channel's instructions that are not payments (runner.InstructionSource: the
+        # clearing center's settlement transfers over its rail), reconciled with its payments.
         self.reconciler = Reconciler(db, resolver=resolver, fees=fees, sla_ns=sla_ns, clock_ns=clock_ns,
-                                     keep_results=True)
+                                     keep_results=True, sources=sources)
         self.store = self.reconciler.store
         self.discrepancies = DiscrepancyService(db, clock_ns)
         self.fee_for = fee_for
