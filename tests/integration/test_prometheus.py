@@ -21,6 +21,10 @@ What is proved, and how:
   transaction nobody sent (a MISSING_INTERNALLY discrepancy) and a forced re-run of the rail on a
   truncated statement (REJECTED); and clearing between three pools: obligations (one refused by
   a pool's net debit cap, one replayed), a cut-off (CloseWindow), obligations in the new window.
+  The pools have accounts at the rail's bank (`[clearing] rail_accounts`, registered with the mock
+  rail's admin API, our own money in each at both ends), so the server settles the closed window
+  over the rail (the bank's balances move by the net positions) and checks every pool against
+  its bank every second; the succeeded payments go through the clearing feed.
 - Every scrape target is up.
 - Every PromQL expression of the dashboard (with its variables replaced: job, all instances,
   `$__rate_interval` = 1m) and every alert rule's expression (as Prometheus loaded them, read
@@ -42,8 +46,12 @@ What is proved, and how:
   scrape and evaluation intervals after). Then a row of the ledger is changed around the writer
   and DualflowTrialBalanceBroken (no `for`) fires within seconds, from the BalanceCheck gauge
   (its interval set to 1 s through DUALFLOW_BALANCE_CHECK_INTERVAL_S). The changed account is in
-  a clearing currency, so DualflowClearingPoolInvariantBroken (the clearing service's gauge,
-  every 1 s here) goes pending and pages FOR_S seconds later; in the other currency it stays quiet.
+  the clearing currency, so DualflowClearingPoolInvariantBroken (the clearing service's gauge,
+  every 1 s here) goes pending and pages FOR_S seconds later. At the same moment the rail's bank
+  books money into one pool's account that our ledger never saw: DualflowPoolBankMismatch goes
+  pending and pages FOR_S seconds later for that pool, stays quiet for the others, and the
+  invariant (ledger only) does not see it. Clearing runs in one currency here: a pool's bank
+  account holds one, and the pool bank check compares every clearing currency with it.
 - Everything started here is stopped, and no process started by the test (or naming its
   temporary folder) is left.
 """
@@ -72,6 +80,8 @@ import grpc
 import pytest
 from serve_process import ServeFactory, ServeProcess, serve_processes  # noqa: F401 - fixture
 
+from dualflow.clearing.pools import CODE_OWN_FUNDS, own_funds_account
+from dualflow.core.payments.accounts import account_id, pool_account
 from dualflow.gateway.auth import hash_api_key
 from dualflow.gateway.sandbox import NAMES, Sandbox, free_port
 from dualflow.v1 import clearing_pb2 as cpb
@@ -115,12 +125,18 @@ pinned = "cardbank"
 # Clearing between three pools; bank-c may owe at most this much net (a cap that refuses).
 POOLS = ("bank-a", "bank-b", "bank-c")
 BANK_C_CAP = 50_000
+# Each pool's account at the rail's bank (`[clearing] rail_accounts`, the mock rail's accounts);
+# our own money in each at the start, at the bank and in the ledger.
+POOL_ACCOUNTS = {pool: {"bank_code": f"BK{pool[-1].upper()}", "number": f"622200000000010{i}",
+                        "name": f"dualflow reserve {pool}"} for i, pool in enumerate(POOLS, start=1)}
+FLOAT = 1_000_000
+UNRECORDED = 1_234  # what the bank books into bank-b's account behind our back
 PHANTOM = 4_321  # the card bank books a payment of this amount nobody sent
 FEE_BPS = {"iso8583": 55, "psp": 60, "transfer": 10}  # by mock bank kind
 
-# Metric (or `metric{label="value"}`: only queries selecting that value) -> why no series may
-# exist for it after this test's traffic (the family is still exposed: its metadata is checked
-# instead).
+# Metric (or `metric{matcher}`: only queries selecting by that label matcher) -> why no series
+# may exist for it after this test's traffic (the family is still exposed: its metadata is
+# checked instead).
 MAY_BE_EMPTY = {
     "dualflow_payment_poll_windows_closed_total": "polling windows last 1 h: none closes in a test",
     "dualflow_payment_reversals_total": "reversals follow a closed polling window",
@@ -129,10 +145,10 @@ MAY_BE_EMPTY = {
     "dualflow_channel_unmatched_replies_total": "no late reply is injected",
     "dualflow_channel_reconnects_total": "the card link is re-established only if it drops and comes back",
     "dualflow_ledger_commit_failures_total": "no group commit fails here",
-    "dualflow_clearing_settlement_transfers_total": "`dualflow serve` wires no settlement executor yet (README, "
-                                                    "Clearing): closed windows wait, no transfer is sent or answered",
-    'dualflow_clearing_windows_total{state="partially_settled"}': "no settlement executor: no window finishes "
-                                                                  "settling, partially or not",
+    'dualflow_clearing_settlement_transfers_total{outcome=~"failed|contradicted"}': "every settlement transfer "
+                                                                                    "succeeds here",
+    'dualflow_clearing_windows_total{state="partially_settled"}': "every settlement transfer succeeds: the window "
+                                                                  "settles in full",
 }
 
 
@@ -250,8 +266,11 @@ def excuses(expr: str) -> set[str]:
 
 def test_excuses_name_a_metric_or_a_metric_and_one_label_value() -> None:
     windows = 'dualflow_clearing_windows_total{state="partially_settled"}'
+    failed = 'dualflow_clearing_settlement_transfers_total{outcome=~"failed|contradicted"}'
     # expression, the entries that excuse it
     for expr, expected in (
+        (f"sum by (outcome) (increase({failed}[1h])) > 0", {failed}),
+        ('sum by (outcome) (rate(dualflow_clearing_settlement_transfers_total{job="dualflow"}[1m]))', set()),
         ('sum(rate(dualflow_channel_bad_macs_total{job="dualflow"}[1m]))', {"dualflow_channel_bad_macs_total"}),
         ('sum(increase(dualflow_clearing_windows_total{job="dualflow", state="partially_settled"}[1h]))', {windows}),
         ('sum by (state) (increase(dualflow_clearing_windows_total{job="dualflow"}[1d]))', set()),
@@ -404,6 +423,8 @@ def processes_mentioning(text: str) -> list[str]:
 
 def write_config(folder: Path, sandbox: Sandbox) -> Path:
     (folder / "routing.toml").write_text(ROUTING_TOML)
+    accounts = "\n".join(f"{pool} = {{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in a.items()) + " }"
+                         for pool, a in POOL_ACCOUNTS.items())
     path = folder / "dualflow.toml"
     path.write_text(f"""
 [routing]
@@ -446,9 +467,13 @@ tick_s = 3600
 
 [clearing]
 pools = {json.dumps(list(POOLS))}
-currencies = ["CNY", "USD"]
+currencies = ["CNY"]
 cap_policy = "refuse"
-invariant_interval_s = 1
+invariant_interval_s = 1  # the pool invariant and the pools against their bank
+settlement_channel = "{RAIL}"
+
+[clearing.rail_accounts]
+{accounts}
 
 [clearing.caps.bank-c]
 CNY = {BANK_C_CAP}
@@ -510,6 +535,29 @@ class Traffic:
         account = pb.BankAccountRef(bank_code="ICBC", account_last4="6789", holder_name="Dave")
         return await self.pay("shop", user, user, amount, pb.ASSET_BANK_TRANSFER,
                               pb.PaymentMethod(bank_account=account))
+
+
+def bank_balances(sandbox: Sandbox) -> dict[str, int]:
+    """Each pool's account balance at the rail's bank (its admin API)."""
+    numbers = {a["number"]: pool for pool, a in POOL_ACCOUNTS.items()}
+    return {numbers[a["number"]]: a["balance"] for a in sandbox.banks[RAIL]._call("GET", "/accounts")
+            if a["number"] in numbers}
+
+
+async def fund_pools(t: Traffic, sandbox: Sandbox) -> None:
+    """Our own money into each pool, in the ledger (an own-funds posting, as clearing/pools.py
+    `deposit_own_funds` makes) and at the bank."""
+    equity = own_funds_account("CNY")
+    created = await t.ledger.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[
+        ledger_pb2.Account(id=equity.id, currency="CNY", code=int(equity.code))]), metadata=t.md, timeout=10)
+    assert list(created.results) in ([ledger_pb2.CREATE_ACCOUNT_RESULT_OK], [ledger_pb2.CREATE_ACCOUNT_RESULT_EXISTS])
+    deposits = [ledger_pb2.Transfer(id=account_id(f"clearing:own-funds:float-{pool}"),
+                                    debit_account_id=pool_account(pool, "CNY").id, credit_account_id=equity.id,
+                                    amount=FLOAT, currency="CNY", code=CODE_OWN_FUNDS) for pool in POOLS]
+    posted = await t.ledger.CreateTransfers(ledger_pb2.CreateTransfersRequest(transfers=deposits), metadata=t.md,
+                                            timeout=10)
+    assert list(posted.results) == [ledger_pb2.CREATE_TRANSFER_RESULT_OK] * len(POOLS), posted
+    sandbox.banks[RAIL]._call("PUT", "/accounts", [{**a, "balance": FLOAT} for a in POOL_ACCOUNTS.values()])
 
 
 async def ordinary_day(t: Traffic, sandbox: Sandbox, token: str, receiver: Receiver, metrics_url: str) -> None:
@@ -635,11 +683,18 @@ async def back_office(t: Traffic, sandbox: Sandbox) -> tuple[dict[str, float], d
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
     assert (await owe("o-1", "bank-a", "bank-b", 30_000)).replayed
     closed = await t.clearing.CloseWindow(cpb.CloseWindowRequest(window_id="current"), metadata=md, timeout=10)
-    assert closed.state == cpb.WINDOW_CLOSED, closed  # no settlement executor in `dualflow serve`: it waits
+    assert closed.state == cpb.WINDOW_CLOSED, closed
     # Positions a -5,000, b +10,000, c -5,000: the settlement moves 10,000 of 75,000 gross.
     (netting,) = closed.netting
     assert (netting.gross_minor, netting.net_minor) == (75_000, 10_000), netting
     assert netting.efficiency == pytest.approx(1 - 10_000 / 75_000)
+    # The server settles it over the rail: the bank's balances move by the net positions.
+    deadline = time.monotonic() + 10
+    while (window := await t.clearing.GetWindow(cpb.GetWindowRequest(window_id=closed.window_id), metadata=md,
+                                                timeout=10)).state != cpb.WINDOW_SETTLED:
+        assert time.monotonic() < deadline, f"the window was not settled over the rail: {window}"
+        await asyncio.sleep(0.1)
+    assert bank_balances(sandbox) == {"bank-a": FLOAT - 5_000, "bank-b": FLOAT + 10_000, "bank-c": FLOAT - 5_000}
     # The next window: a -5,000, b -7,000, c +12,000 of 19,000 gross.
     for oid, debtor, creditor, amount in (("o-5", "bank-a", "bank-c", 12_000), ("o-6", "bank-b", "bank-a", 7_000)):
         assert (await owe(oid, debtor, creditor, amount)).status == cpb.OBLIGATION_ADMITTED
@@ -711,6 +766,9 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         for kind, name in NAMES.items():  # the banks charge what their channels' fee schedules say
             sandbox.banks[name].set_profile(fee_bps=FEE_BPS[kind])
         pids += [bank.proc.pid for bank in sandbox.banks.values() if bank.proc is not None]
+        # The pools' accounts at the rail's bank, empty until fund_pools (so the server's first
+        # checks compare 0 with 0).
+        sandbox.banks[RAIL]._call("PUT", "/accounts", [{**a, "balance": 0} for a in POOL_ACCOUNTS.values()])
         monkeypatch.setenv("DUALFLOW_BALANCE_CHECK_INTERVAL_S", "1")
         db = tmp_path / "ledger.db"
         server = serve_processes(str(db), "--config", str(write_config(tmp_path, sandbox)), "--metrics-port", "0",
@@ -741,6 +799,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
             t = Traffic(channel)
             token = (await t.gateway.TokenizeCard(pb.TokenizeCardRequest(card_number=VISA, exp_month=12,
                                                                           exp_year=2031), metadata=t.md)).token
+            await fund_pools(t, sandbox)
             await ordinary_day(t, sandbox, token, receiver, metrics_url)
             efficiency, lines_by_class = await back_office(t, sandbox)
             traffic_s = time.monotonic() - started
@@ -763,33 +822,52 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
             assert FOR_S - STEP_S <= breaker["firing"] <= FOR_S + 3 * STEP_S + 2.5, breaker
 
             # The books changed around the writer: the trial balance alert pages within seconds.
-            account = ledger_pb2.Account(id=990_001, currency="USD", code=ledger_pb2.ACCOUNT_CODE_FEE)
+            account = ledger_pb2.Account(id=990_001, currency="CNY", code=ledger_pb2.ACCOUNT_CODE_FEE)
             await t.ledger.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[account]), metadata=t.md)
-        assert api.alert_state("DualflowTrialBalanceBroken", currency="USD") == "inactive"
-        # Until now the reserve funds cover everything in both clearing currencies.
+        assert api.alert_state("DualflowTrialBalanceBroken", currency="CNY") == "inactive"
+        # Until now the reserve funds cover everything, and every pool's bank agrees with its ledger
+        # account (the settlement moved both by the same amounts).
         invariant = 'max by (currency) (dualflow_clearing_pool_invariant_difference_minor)'
-        assert {r["metric"]["currency"]: r["value"][1] for r in api.query(invariant)} == {"CNY": "0", "USD": "0"}
+        assert {r["metric"]["currency"]: r["value"][1] for r in api.query(invariant)} == {"CNY": "0"}
         assert api.alert_state("DualflowClearingPoolInvariantBroken") == "inactive"
+        against_bank = {name: f'max by (pool) (dualflow_clearing_pool_bank_{name}_minor{{currency="CNY"}})'
+                        for name in ("difference", "unexplained")}
+        for expr in against_bank.values():
+            assert {r["metric"]["pool"]: r["value"][1] for r in api.query(expr)} == dict.fromkeys(POOLS, "0"), expr
+        assert api.alert_state("DualflowPoolBankMismatch") == "inactive"
         with sqlite3.connect(db, timeout=10) as conn:
             conn.execute("UPDATE accounts SET debits_posted = debits_posted + 7 WHERE id = ?", (990_001,))
+        # And the bank books money into bank-b's account that no transfer of ours explains.
+        sandbox.banks[RAIL]._call("PUT", "/accounts", [{**POOL_ACCOUNTS["bank-b"],
+                                                        "balance": FLOAT + 10_000 + UNRECORDED}])
         tampered = time.monotonic()
-        seen: dict[str, float] = {}  # trial balance firing; pool invariant pending, firing
-        while not {"trial balance firing", "invariant firing"} <= seen.keys():
+        seen: dict[str, float] = {}  # trial balance firing; pool invariant and bank mismatch pending, firing
+        while not {"trial balance firing", "invariant firing", "bank mismatch firing"} <= seen.keys():
             assert time.monotonic() - tampered < FOR_S + 10, f"alerts after the change: {seen}"
-            if api.alert_state("DualflowTrialBalanceBroken", currency="USD", balance="posted") == "firing":
+            if api.alert_state("DualflowTrialBalanceBroken", currency="CNY", balance="posted") == "firing":
                 seen.setdefault("trial balance firing", time.monotonic() - tampered)
-            state = api.alert_state("DualflowClearingPoolInvariantBroken", currency="USD")
-            if state != "inactive":
-                seen.setdefault(f"invariant {state}", time.monotonic() - tampered)
+            for alert, key, labels in (("DualflowClearingPoolInvariantBroken", "invariant", {"currency": "CNY"}),
+                                       ("DualflowPoolBankMismatch", "bank mismatch",
+                                        {"pool": "bank-b", "currency": "CNY"})):
+                state = api.alert_state(alert, **labels)
+                if state != "inactive":
+                    seen.setdefault(f"{key} {state}", time.monotonic() - tampered)
             time.sleep(0.2)
         trial_s = seen["trial balance firing"]
         assert trial_s < 10, seen
-        # The invariant: pending first, firing FOR_S later (the `for` of the copy; 5m in the real rules).
-        assert "invariant pending" in seen and seen["invariant firing"] - seen["invariant pending"] >= FOR_S - 1, seen
-        assert api.query('dualflow_ledger_trial_balance_difference{currency="USD", balance="posted"}')[0]["value"][1] \
+        # Both pool alerts: pending first, firing FOR_S later (the `for` of the copy; 5m in the real rules).
+        for key in ("invariant", "bank mismatch"):
+            assert f"{key} pending" in seen and seen[f"{key} firing"] - seen[f"{key} pending"] >= FOR_S - 1, seen
+        assert api.query('dualflow_ledger_trial_balance_difference{currency="CNY", balance="posted"}')[0]["value"][1] \
             == "7"
-        assert {r["metric"]["currency"]: r["value"][1] for r in api.query(invariant)} == {"CNY": "0", "USD": "7"}
-        assert api.alert_state("DualflowClearingPoolInvariantBroken", currency="CNY") == "inactive"
+        # The invariant sees the ledger's change, not the bank's; the bank check sees the bank's
+        # (the fee account is no pool's), in bank-b only.
+        assert {r["metric"]["currency"]: r["value"][1] for r in api.query(invariant)} == {"CNY": "7"}
+        for expr in against_bank.values():
+            assert {r["metric"]["pool"]: r["value"][1] for r in api.query(expr)} == \
+                {"bank-a": "0", "bank-b": str(UNRECORDED), "bank-c": "0"}, expr
+        for pool in ("bank-a", "bank-c"):
+            assert api.alert_state("DualflowPoolBankMismatch", pool=pool) == "inactive", pool
 
         # The back office's day reached the reconciliation alerts: the phantom card payment is an
         # open discrepancy; the rail's rejected re-run was its counter's first (a series born at 1).
@@ -800,6 +878,12 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         (expr,) = [e for title, e in dashboard_queries() if title == "Netting efficiency of the open window"]
         answer = {r["metric"]["currency"]: float(r["value"][1]) for r in api.query(expr)}
         assert answer == pytest.approx(efficiency), (answer, efficiency)
+
+        # The clearing feed read the succeeded payments: every party is homed at the first pool, so
+        # none of them moved money between pools.
+        feed = {r["metric"]["result"]: float(r["value"][1])
+                for r in api.query("sum by (result) (dualflow_clearing_feed_events_total)")}
+        assert feed.get("none", 0) >= 10 and "recorded" not in feed, feed
 
         # Dead letters reached Prometheus (the /gone receiver answered 410).
         assert "/gone" in receiver.received and "/ok" in receiver.received
@@ -828,7 +912,8 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
         assert not empty, "queries without data:\n" + "\n".join(empty)
         assert checked >= 100
         print(f"\nprometheus test: traffic {traffic_s:.1f}s, breaker alert {breaker}, trial balance alert "
-              f"{trial_s:.1f}s after the change, pool invariant {seen}, statement lines {lines_by_class}, "
+              f"{trial_s:.1f}s after the change, pool invariant and bank mismatch {seen}, "
+              f"statement lines {lines_by_class}, "
               f"{checked} queries checked, empty but exposed: {sorted(excused_empty)}, "
               f"total {time.monotonic() - started:.1f}s")
     finally:
