@@ -19,8 +19,9 @@ payment's obligation or seen it fail or be canceled (`ObligationFeed.done`), and
 when the request did not become a new payment (a replay, a refusal, a failure in the commit, an
 error). Reservations live in memory only: a restart loses them, which lets a movement through that
 would not have fitted, never refuses one that does, and the feed records it as a fact anyway.
-While the center takes an obligation and stores it, it counts twice (in the position and still
-reserved): for a moment the gate is stricter, never looser.
+The center holds an obligation (in its position) a moment before the feed, its write stored,
+releases the reservation: before refusing, the gate drops the reservations whose obligation the
+center holds already, so nothing is refused for being counted twice.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ class CapGate:
     async def admit(self, request: PaymentRequest, payment_id: str, channel: str = "") -> None:
         """Refuse (`NetDebitCapExceeded`) a movement its debtor pool's cap has no room for, or
         reserve room for it under `payment_id` (the id it will have; `channel` is the one routing
-        chose). Nothing to do for a collection, for a movement within one pool, or under QUEUE."""
+        chose). Nothing to do for a collection, for a movement within one pool, under QUEUE, or
+        without any cap."""
         if request.asset is not Asset.WALLET and request.kind != "payout":
             return
-        if self.clearing.center.current.book.policy is not CapPolicy.REFUSE:
-            return
+        book = self.clearing.center.current.book
+        if book.policy is not CapPolicy.REFUSE or (not book.caps.per_pool and book.caps.default_minor is None):
+            return  # nothing can be refused: spare the home lookups (caps come from the configuration)
         owed = await self.attribution.of_request(request, payment_id, channel, self.homes)
         if not owed:
             return
@@ -70,16 +73,17 @@ class CapGate:
         if book.policy is not CapPolicy.REFUSE:
             return
         key = (obligation.debtor_pool, obligation.currency)
-        reserved = self._reserved.get(key, 0)
         cap = book.caps.cap(*key)
-        after = obligation.amount_minor + reserved - book.position(*key).net_minor
+        after = obligation.amount_minor + self._reserved.get(key, 0) - book.position(*key).net_minor
+        if cap is not None and after > cap and self._forget_recorded(key):
+            after = obligation.amount_minor + self._reserved.get(key, 0) - book.position(*key).net_minor
         if cap is not None and after > cap:
             metrics.CAPS_HIT.labels(obligation.debtor_pool, obligation.currency, "refused").inc()
             raise NetDebitCapExceeded(obligation.debtor_pool, obligation.currency, cap, after,
                                       obligation.obligation_id)
         assert payment_id not in self._held, payment_id  # each request gets a new payment id
         self._held[payment_id] = obligation
-        self._reserved[key] = reserved + obligation.amount_minor
+        self._reserved[key] = self._reserved.get(key, 0) + obligation.amount_minor
         metrics.GATE_RESERVED.labels(*key).set(self._reserved[key])
 
     def release(self, payment_id: str) -> None:
@@ -95,6 +99,16 @@ class CapGate:
         else:
             del self._reserved[key]
         metrics.GATE_RESERVED.labels(*key).set(left)
+
+    def _forget_recorded(self, key: tuple[str, str]) -> bool:
+        """Release `key`'s reservations whose obligation a live window of the center holds (the feed
+        has recorded it, or is storing it); True if there was one. Synchronous, like the check."""
+        center = self.clearing.center
+        recorded = [pid for pid, o in self._held.items()
+                    if (o.debtor_pool, o.currency) == key and center.locate(o.obligation_id) is not None]
+        for pid in recorded:
+            self.release(pid)
+        return bool(recorded)
 
     def reserved(self, pool: str, currency: str) -> int:
         """What the gate holds for `pool`'s movements not recorded yet, in minor units."""

@@ -90,10 +90,13 @@ async def test_concurrent_admissions_never_both_take_the_last_room() -> None:
     assert sum(a is None for a in answers) == 1 and g.reserved("A", "CNY") == 600
 
 
-async def test_under_queue_everything_passes_and_nothing_is_reserved() -> None:
+async def test_under_queue_or_without_caps_everything_passes_and_nothing_is_reserved() -> None:
     g, _ = gate(CapPolicy.QUEUE)
     await g.admit(request("user:alice", "user:bob", 50_000), "pay_1")
     assert g.reserved("A", "CNY") == 0
+    uncapped = CapGate(SimpleNamespace(center=ClearingCenter()), ATTRIBUTION, MemoryHomes(HOMES))
+    await uncapped.admit(request("user:alice", "user:bob", 50_000), "pay_1")
+    assert uncapped.reserved("A", "CNY") == 0
 
 
 async def test_a_request_is_attributed_like_the_payment_it_becomes_and_assigns_no_home() -> None:
@@ -108,3 +111,16 @@ async def test_a_request_is_attributed_like_the_payment_it_becomes_and_assigns_n
         assert await ATTRIBUTION.of_payment(payment, MemoryHomes(HOMES)) == asked, (payer, payee, asset, kind)
     assert await ATTRIBUTION.of_request(replace(request("user:alice", "user:bob", 5), currency="USD"), "p", "",
                                         PeekHomes(homes)) == []
+
+
+async def test_an_obligation_the_center_holds_before_its_release_counts_once() -> None:
+    g, center = gate()
+    await g.admit(request("user:alice", "user:bob", 600), "pay_1")
+    center.record(Obligation("pay:pay_1", "A", "B", 600, "CNY"))  # the feed is storing it: not released yet
+    await g.admit(request("user:alice", "user:bob", 400), "pay_2")  # 600 + 400, not 600 + 600 + 400
+    assert g.reserved("A", "CNY") == 400
+    with pytest.raises(NetDebitCapExceeded) as refused:
+        await g.admit(request("user:alice", "user:bob", 1), "pay_3")
+    assert refused.value.net_debit_after_minor == 1_001
+    g.release("pay_1")  # the feed's release comes after: nothing left to release
+    assert g.reserved("A", "CNY") == 400
