@@ -24,6 +24,7 @@ finishes the window), the pool balances and invariant (pools.py), and metrics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -34,12 +35,12 @@ from typing import Any, Final, TypeVar
 from dualflow.core.errors import FieldViolation, InvalidRequest, PreconditionFailed, Unavailable
 from dualflow.core.ledger.model import Account, Transfer
 from dualflow.core.money import AMOUNT_MAX
-from dualflow.core.payments.dispatch import ChannelAnswer
+from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome
 
 from . import metrics
 from .caps import Admission, CapPolicy, PoolPosition, PositionBook, Submission
 from .center import ClearingCenter
-from .errors import IllegalTransition, NetDebitCapExceeded, ObligationConflict, UnknownWindow
+from .errors import IllegalTransition, NetDebitCapExceeded, ObligationConflict, UnknownInstruction, UnknownWindow
 from .netting import NettingOptions, Obligation
 from .pools import PoolBalance, PoolInvariant, invariant, open_pool_accounts, pool_account, pool_balances, \
     settlement_transfer
@@ -461,6 +462,70 @@ class ClearingService:
             if inst.carried_as is not None:
                 inst.updated_at_ns = window.finished_at_ns
         return window, [window, center.current], (), ()
+
+    # ---------------------------------------------------------------- reconciliation
+
+    async def sent_instructions(self, start_ns: int, end_ns: int) -> list[tuple[SettlementInstruction, int]]:
+        """The settlement instructions created in [start_ns, end_ns) and sent at least once, each
+        with its creation time (store.py `created_between`): what the rail's statement of that
+        day, or of a later one, must show. Read from the store (durable states only); a live
+        window's send count from memory, since the driver writes it only with a change."""
+        await self._settled()
+        return [(inst, created) for inst, created in self._with_live_attempts(
+            await self.store.created_between(start_ns, end_ns)) if inst.attempts > 0]
+
+    async def instructions_by_id(self, instruction_ids: Sequence[str]) -> list[tuple[SettlementInstruction, int]]:
+        """Settlement instructions by id, sent or not (a statement line proves a send), each with its
+        creation time."""
+        await self._settled()
+        return self._with_live_attempts(await self.store.by_ids(instruction_ids))
+
+    def _with_live_attempts(self, found: list[tuple[SettlementInstruction, int]]) -> list[
+            tuple[SettlementInstruction, int]]:
+        windows = self._center.windows if self._center is not None else {}
+        out = []
+        for inst, created in found:
+            window = windows.get(inst.window_id)
+            if window is not None:
+                try:
+                    live = window.instruction(inst.instruction_id).attempts
+                except UnknownInstruction:
+                    live = 0
+                if live > inst.attempts:
+                    inst = dataclasses.replace(inst, attempts=live)
+            out.append((inst, created))
+        return out
+
+    async def apply_statement_answer(self, instruction_id: str, succeeded: bool, *, reason: str = "",
+                                     channel_reference: str = "") -> bool:
+        """The rail's statement on a settlement instruction that is still open (PENDING, UNKNOWN):
+        settled or rejected, applied like the executor's answer (`_answer`: the window's state
+        machine, and a SUCCEEDED one's pool-to-pool posting in the same commit), so whichever of
+        the two comes first moves it and the posting happens once. True when it moved it; False
+        when it had that state already, when its window is not settling (a finished window's are
+        all final), and when the statement contradicts a final state: that is left as it is (a
+        discrepancy for a person, which reconciliation opens), logged and counted."""
+        window_id = instruction_id.rpartition("/")[0]
+        answer = ChannelAnswer(ChannelOutcome.SUCCEEDED if succeeded else ChannelOutcome.FAILED, reason,
+                               channel_reference)
+        await self._ready()
+        window = self.center.windows.get(window_id)
+        if window is None or window.state is not WindowState.SETTLING:
+            return False
+        try:
+            moved = await self._change(lambda: self._answer(window_id, instruction_id, answer))
+        except (UnknownWindow, UnknownInstruction):
+            return False
+        except IllegalTransition:
+            log.error("the statement's %s for settlement %s contradicts its final state; left as it is",
+                      answer.outcome.value, instruction_id)
+            metrics.SETTLEMENT_TRANSFERS.labels("contradicted").inc()
+            return False
+        if moved is None:
+            return False
+        metrics.SETTLEMENT_TRANSFERS.labels(moved.value).inc()
+        self._kick.set()  # the driver retries a failure, or finishes the window
+        return True
 
     # ---------------------------------------------------------------- background
 

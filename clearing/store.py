@@ -349,6 +349,34 @@ class ClearingStore:
         token = encode_page_token(int(page[-1][15]), int(page[-1][2])) if len(rows) > limit else ""
         return [_instruction(r) for r in page], token
 
+    async def created_between(self, start_ns: int, end_ns: int) -> list[tuple[SettlementInstruction, int]]:
+        """Instructions created in [start_ns, end_ns), each with its creation time, whatever their
+        state (the caller decides which were sent: `attempts` is written only with a change).
+        Created: a window's own at its close (`closed_at_ns`), a retry when the instruction it
+        repeats was retried (that one's `updated_at_ns`, set then and never again: it is final
+        and retried, so neither an answer nor the window's finish touches it). Never after the
+        first send, so the rail's booking of it is on that day's statement or a later one."""
+        return await self._with_created("created >= ? AND created < ?", (start_ns, end_ns))
+
+    async def by_ids(self, instruction_ids: Sequence[str]) -> list[tuple[SettlementInstruction, int]]:
+        """Instructions by id, each with its creation time (see `created_between`)."""
+        out: list[tuple[SettlementInstruction, int]] = []
+        ids = sorted(set(instruction_ids))
+        for n in range(0, len(ids), 500):
+            chunk = ids[n:n + 500]
+            out += await self._with_created(f"instruction_id IN ({', '.join('?' for _ in chunk)})", tuple(chunk))
+        return out
+
+    async def _with_created(self, where: str, params: tuple[Any, ...]) -> list[tuple[SettlementInstruction, int]]:
+        columns = ", ".join(f"i.{c.strip()}" for c in _INSTRUCTION_COLUMNS.split(","))
+        rows = await self.db.query(
+            f"SELECT * FROM (SELECT {columns}, CASE WHEN i.retry_of = '' THEN w.closed_at_ns "
+            "ELSE r.updated_at_ns END AS created FROM clearing_instructions i "
+            "JOIN clearing_windows w ON w.window_id = i.window_id "
+            "LEFT JOIN clearing_instructions r ON r.instruction_id = i.retry_of) x "
+            f"WHERE {where} ORDER BY window_seq, idx", params)
+        return [(_instruction(r), int(r[16] or 0)) for r in rows]
+
     async def _window(self, row: Sequence[Any], caps: NetDebitCaps, policy: CapPolicy) -> tuple[
             SettlementWindow, int]:
         """A window from its row and its other tables; and the last queue ordinal it used."""

@@ -38,6 +38,7 @@ from dualflow.core.payments.service import PaymentService
 from dualflow.core.payments.vault import VAULT_SCHEMA, CardVault, KeyRing
 from dualflow.core.webhooks.delivery import WEBHOOK_SCHEMA, WebhookDispatcher, WebhookRegistry
 from dualflow.reconciliation.ours import router_fee_model
+from dualflow.reconciliation.runner import InstructionSource
 from dualflow.reconciliation.scheduler import DailyReconciliation
 from dualflow.reconciliation.service import ReconciliationService
 from dualflow.routing.control import RoutingControl
@@ -202,11 +203,19 @@ class Platform:
         # Reconciliation: each channel's statement against our payments (on request, and daily
         # when [reconciliation] enables it); what a statement proves moves through the payments.
         gateway = self.gateway
+        # The settlement channel's statement also lists the clearing center's settlement transfers:
+        # reconciled with its payments, an open one resolved through the clearing service.
+        sources: dict[str, InstructionSource] = {}
+        if rail and gateway is not None:
+            from dualflow.adapters.transfer.settlement import RailSettlementExecutor, SettlementInstructions
+
+            if isinstance(settlement, RailSettlementExecutor) and settlement.adapter is gateway.adapters[rail]:
+                sources[rail] = SettlementInstructions(self.clearing, rail)
         self.reconciliation = ReconciliationService(
             self.ledger, gateway.adapters if gateway is not None else {}, resolver=StatementResolver(self.payments),
             fees=ChannelFees(self.ledger), sla_ns=self.settings.reconciliation.sla_s * 10**9,
             fee_for=(lambda channel: router_fee_model(gateway.router, channel)) if gateway is not None else None,
-            pooled_channels=frozenset(self.settings.clearing.channel_pools))
+            pooled_channels=frozenset(self.settings.clearing.channel_pools), sources=sources)
         self.daily_reconciliation = DailyReconciliation(self.reconciliation, self.settings.reconciliation)
         self.server: grpc.aio.Server | None = None
         self.port = 0

@@ -12,21 +12,31 @@ body a pure function of the order, so a re-send is the same request and the rail
 with the first transfer. A repeat (attempt > 1: the driver polls, or resumes after a crash)
 first asks the rail (GET); only a NOT_FOUND, which proves the first send never got there, is
 followed by a send.
+
+Reconciliation: the rail's statement lists these transfers with the payments of the channel.
+`SettlementInstructions` is reconciliation's `InstructionSource` for the settlement channel
+(reconciliation/runner.py; the server wires it): the clearing center's instructions as rows of
+our side (kind "payout", the rail id, the state as a payment status), and a run's resolution of
+an open one applied through `ClearingService.apply_statement_answer`. Reconciliation imports
+nothing of clearing, clearing nothing of reconciliation: this module, which knows both the rail
+ids and the clearing service, joins them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from dualflow.adapters import metrics
 from dualflow.adapters.contract import ChannelResult, Outcome
 from dualflow.adapters.dispatcher import answer_of
 from dualflow.clearing.settings import RailAccount
 from dualflow.clearing.settlement import SettlementOrder
+from dualflow.clearing.window import InstructionState, SettlementInstruction
 from dualflow.core.payments.dispatch import ChannelAnswer, ChannelOutcome
 
 from .adapter import TransferAdapter, _segment
@@ -36,6 +46,8 @@ from .transformers import WireAccount, transfer_request, valid_id
 # a payment or refund id), so a callback about one is told apart (`is_settlement_id`).
 PREFIX: Final = "stl."
 _INSTRUCTION = re.compile(r"(?P<window>[^/]+)/(?P<index>[0-9]+)")
+_RAIL_ID = re.compile(r"stl\.(?P<window>.+)\.(?P<index>[0-9]+)")
+log = logging.getLogger(__name__)
 
 
 def rail_id(instruction_id: str) -> str:
@@ -52,6 +64,16 @@ def rail_id(instruction_id: str) -> str:
 
 def is_settlement_id(rail_instruction_id: str) -> bool:
     return rail_instruction_id.startswith(PREFIX)
+
+
+def instruction_id_of(rail_instruction_id: str) -> str | None:
+    """The clearing instruction id a rail id stands for (the inverse of `rail_id`); None for an id
+    that is no settlement's, or a hashed one (`stl.h.`, not invertible)."""
+    m = _RAIL_ID.fullmatch(rail_instruction_id)
+    if m is None or rail_instruction_id.startswith(f"{PREFIX}h."):
+        return None
+    candidate = f"{m['window']}/{m['index']}"
+    return candidate if rail_id(candidate) == rail_instruction_id else None
 
 
 class RailSettlementExecutor:
@@ -107,3 +129,81 @@ class RailSettlementExecutor:
         metrics.POLLS.labels(self.adapter.name, outcome.value).inc()
         self.adapter._observe("query", started, outcome)
         return answer_of(result) if result is not None else None
+
+
+# A settlement instruction's state as reconciliation names a payment's (reconciliation/model.py):
+# PENDING and UNKNOWN are open (the statement may settle them), the others final.
+STATUS: Final = {InstructionState.PENDING: "PROCESSING", InstructionState.UNKNOWN: "UNKNOWN",
+                 InstructionState.SUCCEEDED: "SUCCEEDED", InstructionState.FAILED: "FAILED"}
+KIND: Final = "payout"  # what the rail books a settlement transfer as
+
+
+class _Clearing(Protocol):
+    """What SettlementInstructions needs of clearing/service.py ClearingService."""
+
+    async def sent_instructions(self, start_ns: int, end_ns: int) -> list[tuple[SettlementInstruction, int]]: ...
+
+    async def instructions_by_id(self, instruction_ids: Sequence[str]) -> list[
+        tuple[SettlementInstruction, int]]: ...
+
+    async def apply_statement_answer(self, instruction_id: str, succeeded: bool, *, reason: str = "",
+                                     channel_reference: str = "") -> bool: ...
+
+
+class SettlementInstructions:
+    """reconciliation.runner.InstructionSource over the clearing service, for the rail channel it
+    settles over: its settlement transfers as our side of that channel's reconciliation.
+
+    `day`: the instructions created on the business day (a window's at its close, a retry when
+    made: never after the first send, so the rail books each on that day's statement or a later
+    one, where `find` finds it by its rail id) and sent at least once; rows in reconciliation's
+    Instruction field order: the rail id, kind "payout", the clearing instruction id as the
+    object, the channel, the rail's reference, amount, currency, the state as a payment status
+    (`STATUS`), the creation time, and no polling window (the driver asks until it knows).
+
+    `resolve`: a MARK_SUCCEEDED or MARK_FAILED the statement proves (a line settled or rejected
+    for an open instruction) goes to `ClearingService.apply_statement_answer`, the executor's
+    answer path: exactly one pool-to-pool posting, and a final state never changes. One that
+    only its absence proposes (MISSING_AT_CHANNEL past the SLA) is declined: the rail books a
+    transfer on the statement of the day it became final, so an accepted one still on its way is
+    on none yet, and failing it would have the driver retry with a new id, paying twice; the
+    driver's own rule for a transfer the rail has no record of is to send the same id again."""
+
+    def __init__(self, clearing: _Clearing, channel: str) -> None:
+        self.clearing = clearing
+        self.channel = channel
+
+    def __repr__(self) -> str:
+        return f"SettlementInstructions(channel={self.channel!r})"
+
+    def _row(self, inst: SettlementInstruction, created_at_ns: int) -> tuple[Any, ...]:
+        return (rail_id(inst.instruction_id), KIND, inst.instruction_id, self.channel, inst.reference,
+                inst.amount_minor, inst.currency, STATUS[inst.state], created_at_ns, 0)
+
+    async def day(self, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
+        return [self._row(inst, created) for inst, created in await self.clearing.sent_instructions(start_ns, end_ns)]
+
+    async def find(self, instruction_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        wanted = {i: own for i in instruction_ids if (own := instruction_id_of(i)) is not None}
+        if not wanted:
+            return {}
+        rows = [self._row(inst, created) for inst, created in
+                await self.clearing.instructions_by_id(sorted(set(wanted.values())))]
+        return {row[0]: row for row in rows if row[0] in wanted}
+
+    async def resolve(self, run_id: str, object_id: str, action: Any, result: Any) -> bool:
+        value = getattr(action, "value", action)
+        assert value in ("MARK_SUCCEEDED", "MARK_FAILED"), f"not an automatic action: {value}"
+        line = next((x for x in getattr(result, "lines", ()) if x.kind == KIND), None)
+        if line is None:
+            log.warning("reconciliation %s proposes %s for settlement %s without a line of the statement: declined "
+                        "(the settlement driver asks the rail and sends the same id again)", run_id, value, object_id)
+            return False
+        succeeded = value == "MARK_SUCCEEDED"
+        moved = await self.clearing.apply_statement_answer(
+            object_id, succeeded, reason="SETTLED_ON_STATEMENT" if succeeded else "FAILED_ON_STATEMENT",
+            channel_reference=line.channel_reference)
+        if moved:
+            log.info("settlement %s %s: resolved by reconciliation %s", object_id,
+                     "succeeded" if succeeded else "failed", run_id)
+        return moved
