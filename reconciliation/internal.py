@@ -104,10 +104,11 @@ class InternalCheck:
     def __init__(self, db: Database, *, clock_ns: Callable[[], int] = time.time_ns, pending_grace_s: int = 60,
                  outbox_lag_s: int = 300, findings_max: int = 10_000,
                  adapters: Mapping[str, ChannelAdapter] | None = None,
-                 pooled_channels: frozenset[str] = frozenset()) -> None:
+                 pooled_channels: frozenset[str] = frozenset(), no_drift: frozenset[str] = frozenset()) -> None:
         self.db = db
-        # The caller's mapping itself, not a copy: channels it adds later are checked too.
-        self.drift = BalanceDrift(db, adapters if adapters is not None else {}, pooled=pooled_channels)
+        # The caller's mapping itself, not a copy: channels it adds later are checked too. Not
+        # compared with their receivable: pooled channels and `no_drift` (the settlement channel).
+        self.drift = BalanceDrift(db, adapters if adapters is not None else {}, pooled=pooled_channels | no_drift)
         # Their settled payments and refunds must have a sweep to or from the pool (a channel made
         # pooled later finds its older payments without one: a finding to look at, not to ignore).
         self.pooled_channels = pooled_channels

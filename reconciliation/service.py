@@ -80,7 +80,7 @@ class ReconciliationService:
     def __init__(self, db: Database, adapters: Mapping[str, ChannelAdapter], *, resolver: Resolver | None = None,
                  fees: FeePoster | None = None, fee_for: Callable[[str], FeeFor | None] | None = None,
                  sla_ns: int = DAY_NS, clock_ns: Callable[[], int] = time.time_ns,
-                 pooled_channels: frozenset[str] = frozenset(),
+                 pooled_channels: frozenset[str] = frozenset(), no_drift: frozenset[str] = frozenset(),
                  sources: Mapping[str, InstructionSource] | None = None) -> None:
         self.adapters = dict(adapters)
         # `sources`: a channel's instructions that are not payments (runner.InstructionSource: the
@@ -92,7 +92,8 @@ class ReconciliationService:
         self.fee_for = fee_for
         self.clock_ns = clock_ns
         self._running: dict[tuple[str, str], asyncio.Task[RunReport]] = {}
-        self.internal = InternalCheck(db, clock_ns=clock_ns, adapters=self.adapters, pooled_channels=pooled_channels)
+        self.internal = InternalCheck(db, clock_ns=clock_ns, adapters=self.adapters, pooled_channels=pooled_channels,
+                                      no_drift=no_drift)
 
     async def start(self) -> None:
         await self.reconciler.open()
