@@ -181,8 +181,13 @@ class Platform:
         self.clearing = ClearingService(self.ledger, self.settings.clearing, executor=settlement)
         # Each pool's ledger balance against the bank's own record of the pool account, asked over
         # the settlement rail (it names every pool's account); run with the invariant.
+        # A pool has one bank account (`rail_accounts`), so the check is made only with one clearing
+        # currency: with more, every other currency would be compared with the same balance.
         self.pool_bank_check: PoolBankCheck | None = None
-        if rail and self.gateway is not None:
+        if rail and self.gateway is not None and len(self.settings.clearing.currencies) > 1:
+            log.warning("pools are not checked against their banks: a pool has one bank account, and [clearing] "
+                        "names %d currencies", len(self.settings.clearing.currencies))
+        elif rail and self.gateway is not None:
             from dualflow.adapters.transfer.pool_balance import pool_balance_fetcher
 
             self.pool_bank_check = PoolBankCheck(self.ledger, self.settings.clearing, pool_balance_fetcher(
