@@ -438,15 +438,20 @@ class Bank:
         return {"bank_code": account.bank_code, "last4": account.last4, "balance": account.balance,
                 "held": account.held, "as_of": iso(now)}
 
-    def statement(self, business_date: str, now: float) -> str:
+    def statement(self, business_date: str, now: float, account: tuple[str, str] | None = None) -> str:
         """Every transfer that became final on that UTC day, as CSV with a header, then the trailer
-        `TRAILER,<lines>,<amount total>,<fee total>` (control totals in minor units)."""
+        `TRAILER,<lines>,<amount total>,<fee total>` (control totals in minor units). With
+        `account` (bank code, full number): that account's statement, only the transfers it is the
+        debtor or the creditor of, the trailer over those lines; without: the whole network's."""
         self.due(now)
+        if account is not None and (not _BANK.fullmatch(account[0]) or not _NUMBER.fullmatch(account[1])):
+            raise RequestError(400, "INVALID_ACCOUNT", "account must be <bank_code>:<number>")
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(STATEMENT_COLUMNS)
         final = sorted((t for t in self.transfers.values() if t.final_at is not None
-                        and day(t.final_at) == business_date), key=lambda t: (t.final_at, t.reference))
+                        and day(t.final_at) == business_date and (account is None or _touches(t, account))),
+                       key=lambda t: (t.final_at, t.reference))
         fault = self.profile["statement_fault"]
         for n, t in enumerate(final):
             assert t.final_at is not None
@@ -461,6 +466,18 @@ class Bank:
         amounts = sum(t.amount for t in final) + (fault == "wrong_totals")
         writer.writerow(("TRAILER", len(final), amounts, sum(t.fee for t in final)))
         return out.getvalue()
+
+
+def _touches(t: Transfer, account: tuple[str, str]) -> bool:
+    """Whether `account` (bank code, full number) is the transfer's debtor or creditor: named by
+    number on the wire, or the book's account the wire resolved to (a mandate names only last4)."""
+    bank_code, number = account
+    for wire, booked in ((t.debtor, t.debtor_account), (t.creditor, t.creditor_account)):
+        if wire.get("bank_code") == bank_code and wire.get("number") == number:
+            return True
+        if booked is not None and booked.bank_code == bank_code and booked.number == number:
+            return True
+    return False
 
 
 def _norm(name: str) -> str:

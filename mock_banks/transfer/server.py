@@ -20,7 +20,15 @@ balance is in whatever currency the account was registered for. The reply names 
 its last four digits only, never its number. Both balance endpoints honour `bad_signature_rate`
 (drawn only while it is above 0, so a seeded run's decisions stay put), no other fault.
 
-Admin (HTTP JSON, no auth, loopback): GET/PUT /profile, GET /book, GET /statement?date=,
+`GET /statements/{date}` is the whole network's statement of that UTC day: every transfer that
+became final on it, whoever's. `GET /statements/{date}?account=<bank_code>:<number>` is one
+account's, as a real bank gives it: only the transfers that account (registered or named by that
+full number) is the debtor or the creditor of, and the trailer's count and totals over those lines
+only. A malformed `account` (not `<bank_code>:<number>`, given twice, a bad code or number) is a
+signed 400 INVALID_ACCOUNT. The signed PATH of a request and of its reply is the raw path with its
+query string, so a statement cannot be passed off as another account's.
+
+Admin (HTTP JSON, no auth, loopback): GET/PUT /profile, GET /book, GET /statement?date=[&account=],
 GET/PUT /accounts (register accounts with balances, closed or invalid ones), GET /callbacks
 (each notification's delivery attempts and whether it was acknowledged).
 """
@@ -138,7 +146,7 @@ class TransferBankServer:
     async def _authentic(self, request: web.Request) -> tuple[bytes, str, web.Response | None]:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        error, kid = check(self.keys, self.nonces, request.method, request.raw_path.split("?")[0], headers, body,
+        error, kid = check(self.keys, self.nonces, request.method, request.raw_path, headers, body,
                            WINDOW_S)
         if error:
             return body, kid, self._reply(request, kid, 401, {"error": {"code": error, "message": "not authentic"}})
@@ -179,7 +187,7 @@ class TransferBankServer:
             raw, content_type = text.encode(), "text/csv"
         else:
             raw, content_type = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
-        headers = self.keys.headers(request.method, request.raw_path.split("?")[0], raw, kid or None, corrupt)
+        headers = self.keys.headers(request.method, request.raw_path, raw, kid or None, corrupt)
         headers["Content-Type"] = f"{content_type}; charset=utf-8"
         return web.Response(status=status, body=raw, headers=headers)
 
@@ -225,9 +233,14 @@ class TransferBankServer:
         date = request.match_info["date"]
         if not _is_date(date):
             return self._reply(request, kid, 400, {"error": {"code": "INVALID_REQUEST", "message": "YYYY-MM-DD"}})
-        self._notify(self.bank.due(time.time()))
+        try:
+            account = _account_param(request.query.getall("account", []))
+            self._notify(self.bank.due(time.time()))
+            text = self.bank.statement(date, time.time(), account)
+        except RequestError as exc:
+            return self._reply(request, kid, exc.status, {"error": {"code": exc.code, "message": exc.message}})
         corrupt = self.bank.draw().bad_signature < self.bank.profile["bad_signature_rate"]
-        reply = self._reply(request, kid, 200, None, corrupt=corrupt, text=self.bank.statement(date, time.time()))
+        reply = self._reply(request, kid, 200, None, corrupt=corrupt, text=text)
         if self.bank.profile["statement_fault"] == "bad_checksum":
             reply.body = (reply.body or b"") + b"# tampered after signing\n"  # type: ignore[operator]
         return reply
@@ -334,8 +347,13 @@ class TransferBankServer:
         date = request.query.get("date", "")
         if not _is_date(date):
             return web.json_response({"error": "date=YYYY-MM-DD"}, status=400)
-        self._notify(self.bank.due(time.time()))
-        return web.Response(text=self.bank.statement(date, time.time()), content_type="text/csv")
+        try:
+            account = _account_param(request.query.getall("account", []))
+            self._notify(self.bank.due(time.time()))
+            text = self.bank.statement(date, time.time(), account)
+        except RequestError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        return web.Response(text=text, content_type="text/csv")
 
     async def admin_get_accounts(self, request: web.Request) -> web.Response:
         return web.json_response(self.bank.account_list())
@@ -355,6 +373,16 @@ def _json(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         raise RequestError(400, "INVALID_REQUEST", "the body is not JSON") from None
+
+
+def _account_param(values: list[str]) -> tuple[str, str] | None:
+    """`account=<bank_code>:<number>` (at most once) as (bank code, number); None without it."""
+    if not values:
+        return None
+    bank_code, sep, number = values[0].partition(":")
+    if len(values) > 1 or not sep:
+        raise RequestError(400, "INVALID_ACCOUNT", "account must be <bank_code>:<number>, once")
+    return bank_code, number  # the bank checks both parts
 
 
 def _is_date(text: str) -> bool:

@@ -545,6 +545,63 @@ async def test_statement_lines_match_the_book(adapter: TransferAdapter, mock: Mo
     assert [line async for line in adapter.fetch_statement("2001-01-01")] == []
 
 
+async def test_the_mock_gives_one_account_its_own_statement(adapter: TransferAdapter, mock: MockBankProcess) -> None:
+    """`?account=<bank_code>:<number>`: only the transfers that account is debtor or creditor of,
+    the trailer over them; without it the network's statement; a bad parameter a signed 400."""
+    mock.set_profile(fee_fixed=3)
+    other_pool = {"bank_code": "OTHERBANK", "number": "6200000000000099", "name": "another pool"}
+    ours = make_pay(new_id(), 1_234)
+    await adapter.submit(ours)
+    payout = make_payout(77)
+    await adapter.payout(payout)
+    theirs_id = new_id()
+    body = json.dumps({"instruction_id": theirs_id, "direction": "collect", "amount": 555, "currency": "CNY",
+                       "debtor": {"bank_code": "PAYERBANK", "last4": "1234", "name": "Alice Li"},
+                       "creditor": dict(other_pool, last4="0099"), "end_to_end_id": "e2e_other"}).encode()
+    ring = KeyRing.of(KEY)
+    today = TODAY()
+    async with aiohttp.ClientSession() as session:
+        async def call(method: str, path: str, data: bytes = b"") -> tuple[int, bytes]:
+            headers = ring.sign(method, path, data)
+            if data:
+                headers["Content-Type"] = "application/json"
+            async with session.request(method, f"http://127.0.0.1:{mock.port}{path}", data=data or None,
+                                       headers=headers) as r:
+                raw = await r.read()
+                ring.verify(method, path, dict(r.headers), raw, now=time.time())  # signed over path and query
+                return r.status, raw
+
+        assert (await call("POST", "/transfers", body))[0] in (200, 201)
+        await until(lambda: all(b["business_date"] for b in mock.book()), 5.0)
+
+        def rows(raw: bytes) -> tuple[set[str], list[str]]:
+            lines = raw.decode().splitlines()
+            return {line.split(",")[1] for line in lines[1:-1]}, lines[-1].split(",")
+
+        status, raw = await call("GET", f"/statements/{today}?account=POOLBANK:6200000000000001")
+        assert status == 200
+        ids, trailer = rows(raw)
+        assert {ours.instruction_id, payout.instruction_id} <= ids and theirs_id not in ids
+        mine = [b for b in mock.book() if b["business_date"] == today and b["instruction_id"] in ids]
+        assert trailer == ["TRAILER", str(len(ids)), str(sum(b["amount"] for b in mine)),
+                           str(sum(b["fee"] for b in mine))]
+        status, raw = await call("GET", f"/statements/{today}?account=OTHERBANK:6200000000000099")
+        assert status == 200 and rows(raw)[0] == {theirs_id}
+        assert rows(raw)[1] == ["TRAILER", "1", "555", "3"]
+        status, raw = await call("GET", f"/statements/{today}")
+        assert status == 200 and {ours.instruction_id, payout.instruction_id, theirs_id} <= rows(raw)[0]
+        for bad in ("POOLBANK", "POOLBANK:12", "P:6200000000000001", "POOLBANK:6200000000000001&account=X:1",
+                    ":6200000000000001"):
+            status, raw = await call("GET", f"/statements/{today}?account={bad}")
+            assert status == 400 and json.loads(raw)["error"]["code"] == "INVALID_ACCOUNT", (bad, raw)
+        # The query is signed: a statement asked for one account cannot be taken for another's.
+        headers = ring.sign("GET", f"/statements/{today}?account=OTHERBANK:6200000000000099", b"")
+        async with session.get(f"http://127.0.0.1:{mock.port}/statements/{today}"
+                               f"?account=POOLBANK:6200000000000001", headers=headers) as r:
+            assert r.status == 401
+    assert "Traceback" not in mock.stderr_tail(200)
+
+
 # ---- keys
 
 
