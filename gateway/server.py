@@ -208,14 +208,22 @@ class Platform:
         # Reconciliation: each channel's statement against our payments (on request, and daily
         # when [reconciliation] enables it); what a statement proves moves through the payments.
         gateway = self.gateway
-        # The settlement channel's statement also lists the clearing center's settlement transfers:
-        # reconciled with its payments, an open one resolved through the clearing service.
+        # A channel's statement is its own account's (adapters/transfer/adapter.py fetch_statement):
+        # a settlement transfer is on the payer pool's and the payee pool's, whichever channel sent
+        # it. So each pooled transfer channel reconciles the settlement transfers of its pool (an
+        # open one resolved through the clearing service, whichever statement comes first; the fee
+        # posted on the payer pool's channel only). The settlement channel, unless pooled, has none
+        # on its statement and gets no source; a pool without a channel is reconciled nowhere.
         sources: dict[str, InstructionSource] = {}
         if rail and gateway is not None:
+            from dualflow.adapters.transfer.adapter import TransferAdapter
             from dualflow.adapters.transfer.settlement import RailSettlementExecutor, SettlementInstructions
 
             if isinstance(settlement, RailSettlementExecutor) and settlement.adapter is gateway.adapters[rail]:
-                sources[rail] = SettlementInstructions(self.clearing, rail)
+                channel_pools = self.settings.clearing.channel_pools
+                for channel, pool in channel_pools.items():
+                    if isinstance(gateway.adapters.get(channel), TransferAdapter):
+                        sources[channel] = SettlementInstructions(self.clearing, channel, pool, channel_pools)
         self.reconciliation = ReconciliationService(
             self.ledger, gateway.adapters if gateway is not None else {}, resolver=StatementResolver(self.payments),
             fees=ChannelFees(self.ledger), sla_ns=self.settings.reconciliation.sla_s * 10**9,

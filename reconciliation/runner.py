@@ -69,7 +69,11 @@ class InstructionSource(Protocol):
     instruction ids it knows, whatever their day (ids not its own are ignored; a statement line
     proves an instruction was sent). `resolve` applies a run's MARK_SUCCEEDED / MARK_FAILED
     proposal for one of them (`object_id`: the row's), like Resolver.resolve: re-checked inside
-    its own state machine, idempotent, True when it moved the instruction."""
+    its own state machine, idempotent, True when it moved the instruction.
+
+    Optional, `fee_elsewhere(instruction_ids) -> set[str]`: of a statement's lines with a fee, the
+    ids of those the source knows whose fee another channel's run posts (a transfer between two of
+    our accounts is on both accounts' statements; its fee is posted once, on the debtor's)."""
 
     async def day(self, start_ns: int, end_ns: int) -> Sequence[tuple[Any, ...]]: ...
 
@@ -213,7 +217,7 @@ class Reconciler:
         # (an error, a crash) is run again, and both are idempotent.
         applied = refused = 0
         try:
-            fees = await self._post_fees(run, tap)
+            fees = await self._post_fees(run, tap, ours.source)
             for r in automatic:
                 assert r.instruction is not None
                 object_id = r.instruction.object_id
@@ -236,13 +240,26 @@ class Reconciler:
         return RunReport(done, await self.store.counts(done.run_id), applied, refused, fees,
                          results=kept_before + len(kept))
 
-    async def _post_fees(self, run: Run, tap: _FeeTap) -> dict[str, tuple[int, int, int]]:
+    async def _post_fees(self, run: Run, tap: _FeeTap,
+                         source: InstructionSource | None) -> dict[str, tuple[int, int, int]]:
         posted: Mapping[str, int] = {}
+        elsewhere: set[str] = set()
+        ask = getattr(source, "fee_elsewhere", None)
+        if self.fees is not None and tap.totals and ask is not None:
+            batch: list[str] = []
+            for item in tap.items():
+                batch.append(item.instruction_id)
+                if len(batch) >= 500:
+                    elsewhere |= await ask(batch)
+                    batch = []
+            if batch:
+                elsewhere |= await ask(batch)
         if self.fees is not None and tap.totals:
-            outcome = await self.fees.post(run.channel, tap.items())
+            outcome = await self.fees.post(run.channel, (x for x in tap.items() if x.instruction_id not in elsewhere))
             posted = outcome.posted
             for currency, n in posted.items():
                 metrics.FEES_POSTED.labels(run.channel, currency).inc(n)
+        # Lines and fee totals are the statement's; "posted now" only this channel's share.
         fees = {c: (n, amount, int(posted.get(c, 0))) for c, (n, amount) in tap.totals.items()}
         await self.store.record_fees(run.run_id, fees)
         return fees

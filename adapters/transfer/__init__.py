@@ -41,9 +41,13 @@ Endpoints (the bank):
                                      by its return_id. Errors: ORIGINAL_NOT_FOUND,
                                      ORIGINAL_NOT_SETTLED, NOT_RETURNABLE, CURRENCY_MISMATCH,
                                      RETURN_EXCEEDS_ORIGINAL.
-    GET  /statements/{YYYY-MM-DD}    -> 200 text/csv, header `business_date, instruction_id,
+    GET  /statements/{YYYY-MM-DD}?account=<bank_code>:<number>
+                                  -> 200 text/csv, header `business_date, instruction_id,
                                      reference, direction, original_id, amount, currency, status,
-                                     code, fee, final_at`: every transfer that became final that UTC day.
+                                     code, fee, final_at`: every transfer that became final that UTC day
+                                     whose debtor or creditor is that account (we ask for our pool
+                                     account's: other channels on the same rail network are not ours).
+                                     The signed PATH includes the query. Errors: INVALID_ACCOUNT.
 
     ACCOUNT  = {"bank_code", "last4", "name", "number"?}
     TRANSFER = {"instruction_id", "reference" (the bank's), "direction", "original_id"?, "amount",

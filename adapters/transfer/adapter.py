@@ -225,7 +225,9 @@ class TransferAdapter:
 
     # ---- statements and callbacks
     async def fetch_statement(self, business_date: str) -> AsyncIterator[StatementLine]:
-        """The bank's CSV statement of one business day (UTC), every final transfer once. The body
+        """The bank's CSV statement of one business day (UTC) for our pool account
+        (`?account=<bank_code>:<number>`): every final transfer it is the debtor or the creditor of,
+        once, and none of the other channels' on the same rail network. The body
         is streamed to a temporary file while its SHA-256 is computed; the reply's signature over
         that digest is the statement's checksum (a bad one: StatementRejected BAD_CHECKSUM, line 0).
         Then every line and the trailer are checked into a spool, and only then streamed."""
@@ -235,7 +237,10 @@ class TransferAdapter:
         spool = Spool(business_date)
         try:
             with temporary_file() as raw:
-                await self._fetch_statement_file(f"/statements/{_segment(business_date)}", business_date, raw)
+                pool = self.settings.pool
+                account = f"{_segment(pool.bank_code)}:{_segment(pool.number)}"
+                path = f"/statements/{_segment(business_date)}?account={account}"
+                await self._fetch_statement_file(path, business_date, raw)
                 await asyncio.to_thread(scan_statement, raw, business_date, spool.add)
         except BaseException as exc:
             spool.close()

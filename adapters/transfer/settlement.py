@@ -13,13 +13,20 @@ with the first transfer. A repeat (attempt > 1: the driver polls, or resumes aft
 first asks the rail (GET); only a NOT_FOUND, which proves the first send never got there, is
 followed by a send.
 
-Reconciliation: the rail's statement lists these transfers with the payments of the channel.
-`SettlementInstructions` is reconciliation's `InstructionSource` for the settlement channel
-(reconciliation/runner.py; the server wires it): the clearing center's instructions as rows of
-our side (kind "payout", the rail id, the state as a payment status), and a run's resolution of
-an open one applied through `ClearingService.apply_statement_answer`. Reconciliation imports
-nothing of clearing, clearing nothing of reconciliation: this module, which knows both the rail
-ids and the clearing service, joins them.
+Reconciliation: a bank's statement is one account's (adapter.py `fetch_statement` asks for its
+channel's `pool_account`), so a settlement transfer is on two statements: the payer pool's
+account's (its debtor) and the payee pool's (its creditor), whichever channel sent it. Its rows
+belong to the channels whose pool is the payer or the payee (`[clearing] channel_pools`), not to
+the settlement channel unless that is one of them. `SettlementInstructions` is reconciliation's
+`InstructionSource` for one pooled channel (reconciliation/runner.py; the server wires one per
+pooled transfer channel): the clearing center's instructions whose payer or payee pool is the
+channel's pool, as rows of our side (kind "payout", the rail id, the state as a payment status),
+and a run's resolution of an open one applied through `ClearingService.apply_statement_answer`
+(from either statement: the second finds it final and changes nothing). The rail's fee on such a
+line is the debtor's, posted once: only on the payer pool's channel (`fee_elsewhere`). A pool with
+no channel has its side of a settlement reconciled nowhere. Reconciliation imports nothing of
+clearing, clearing nothing of reconciliation: this module, which knows both the rail ids and the
+clearing service, joins them.
 """
 
 from __future__ import annotations
@@ -151,8 +158,12 @@ class _Clearing(Protocol):
 
 
 class SettlementInstructions:
-    """reconciliation.runner.InstructionSource over the clearing service, for the rail channel it
-    settles over: its settlement transfers as our side of that channel's reconciliation.
+    """reconciliation.runner.InstructionSource over the clearing service, for one pooled channel:
+    the settlement transfers its pool pays or is paid by, as our side of its reconciliation.
+
+    `pool`: the channel's pool (None: every instruction, a channel whose account every settlement
+    transfer touches); `channel_pools`: every pooled channel's pool, which decides the one channel
+    of a payer pool that posts a settlement line's fee (the first by name).
 
     `day`: the instructions created on the business day (a window's at its close, a retry when
     made: never after the first send, so the rail books each on that day's statement or a later
@@ -169,27 +180,50 @@ class SettlementInstructions:
     on none yet, and failing it would have the driver retry with a new id, paying twice; the
     driver's own rule for a transfer the rail has no record of is to send the same id again."""
 
-    def __init__(self, clearing: _Clearing, channel: str) -> None:
+    def __init__(self, clearing: _Clearing, channel: str, pool: str | None = None,
+                 channel_pools: Mapping[str, str] | None = None) -> None:
         self.clearing = clearing
         self.channel = channel
+        self.pool = pool
+        self._fee_channel: dict[str, str] = {}  # payer pool -> the channel that posts its fees
+        for name, its_pool in sorted((channel_pools or {}).items()):
+            self._fee_channel.setdefault(its_pool, name)
+        assert pool is None or self._fee_channel.get(pool) is not None, f"{channel}: pool {pool} has no channel"
 
     def __repr__(self) -> str:
-        return f"SettlementInstructions(channel={self.channel!r})"
+        return f"SettlementInstructions(channel={self.channel!r}, pool={self.pool!r})"
+
+    def _ours(self, inst: SettlementInstruction) -> bool:
+        return self.pool is None or self.pool in (inst.payer_pool, inst.payee_pool)
 
     def _row(self, inst: SettlementInstruction, created_at_ns: int) -> tuple[Any, ...]:
         return (rail_id(inst.instruction_id), KIND, inst.instruction_id, self.channel, inst.reference,
                 inst.amount_minor, inst.currency, STATUS[inst.state], created_at_ns, 0)
 
     async def day(self, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
-        return [self._row(inst, created) for inst, created in await self.clearing.sent_instructions(start_ns, end_ns)]
+        return [self._row(inst, created) for inst, created in await self.clearing.sent_instructions(start_ns, end_ns)
+                if self._ours(inst)]
 
-    async def find(self, instruction_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    async def _by_rail_id(self, instruction_ids: Sequence[str]) -> dict[str, tuple[SettlementInstruction, int]]:
         wanted = {i: own for i in instruction_ids if (own := instruction_id_of(i)) is not None}
         if not wanted:
             return {}
-        rows = [self._row(inst, created) for inst, created in
-                await self.clearing.instructions_by_id(sorted(set(wanted.values())))]
-        return {row[0]: row for row in rows if row[0] in wanted}
+        found = await self.clearing.instructions_by_id(sorted(set(wanted.values())))
+        return {rid: (inst, created) for inst, created in found
+                if (rid := rail_id(inst.instruction_id)) in wanted and self._ours(inst)}
+
+    async def find(self, instruction_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        found = await self._by_rail_id(instruction_ids)
+        return {rid: self._row(inst, created) for rid, (inst, created) in found.items()}
+
+    async def fee_elsewhere(self, instruction_ids: Sequence[str]) -> set[str]:
+        """Of these statement lines' ids, the settlement transfers of this channel's pool whose fee
+        another channel posts: the fee is the debtor's, posted once, on the payer pool's channel
+        (its first by name); the payee's channel sees the same line and posts nothing for it."""
+        if self.pool is None:
+            return set()
+        return {rid for rid, (inst, _created) in (await self._by_rail_id(instruction_ids)).items()
+                if self._fee_channel.get(inst.payer_pool) != self.channel}
 
     async def resolve(self, run_id: str, object_id: str, action: Any, result: Any) -> bool:
         value = getattr(action, "value", action)

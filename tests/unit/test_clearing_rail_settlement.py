@@ -161,3 +161,51 @@ async def test_unknown_pools_and_bad_amounts_never_leave() -> None:
     assert (await executor.send(order(1, payer="bank-z"))).reason == "POOL_ACCOUNT_UNKNOWN"
     assert (await executor.send(order(1, amount=0))).outcome is ChannelOutcome.NOT_SUBMITTED
     assert rail.asked == []
+
+
+# ---- reconciliation's source: one pooled channel's settlement transfers
+
+class FakeClearing:
+    """The three reads SettlementInstructions makes of ClearingService, over a fixed list."""
+
+    def __init__(self, instructions: list[Any]) -> None:
+        self.instructions = instructions
+
+    async def sent_instructions(self, start_ns: int, end_ns: int) -> list[tuple[Any, int]]:
+        return [(i, 1) for i in self.instructions]
+
+    async def instructions_by_id(self, instruction_ids: Any) -> list[tuple[Any, int]]:
+        return [(i, 1) for i in self.instructions if i.instruction_id in instruction_ids]
+
+    async def apply_statement_answer(self, instruction_id: str, succeeded: bool, *, reason: str = "",
+                                     channel_reference: str = "") -> bool:
+        return False
+
+
+# payer -> payee; the channel of each pool (bank-c has two: the first by name posts its fees;
+# bank-d has none: its side is reconciled nowhere, its fees posted by no channel).
+SETTLEMENTS = [("bank-a", "bank-b"), ("bank-b", "bank-c"), ("bank-c", "bank-a"), ("bank-d", "bank-a"),
+               ("bank-b", "bank-d")]
+CHANNEL_POOLS = {"rail-a": "bank-a", "rail-b": "bank-b", "rail-c2": "bank-c", "rail-c1": "bank-c"}
+
+
+@pytest.mark.parametrize(("channel", "rows", "fee_elsewhere"), [
+    ("rail-a", [0, 2, 3], [2, 3]),  # bank-a pays 0 (its fee here); 2's is rail-c1's, 3's nobody's
+    ("rail-b", [0, 1, 4], [0]),
+    ("rail-c1", [1, 2], [1]),
+    ("rail-c2", [1, 2], [1, 2]),
+])
+async def test_a_pooled_channel_has_its_pools_settlements_and_posts_only_the_fees_its_pool_pays(
+        channel: str, rows: list[int], fee_elsewhere: list[int]) -> None:
+    from dualflow.adapters.transfer.settlement import SettlementInstructions
+    from dualflow.clearing.window import SettlementInstruction
+
+    insts = [SettlementInstruction(f"W000001/{n}", "W000001", n, payer, payee, 100 + n, "CNY", attempts=1)
+             for n, (payer, payee) in enumerate(SETTLEMENTS)]
+    source = SettlementInstructions(FakeClearing(insts), channel, CHANNEL_POOLS[channel], CHANNEL_POOLS)
+    ids = [rail_id(i.instruction_id) for i in insts]
+    assert [row[0] for row in await source.day(0, 1)] == [ids[n] for n in rows]
+    assert sorted(await source.find([*ids, "pay_1", "stl.h.00"])) == sorted(ids[n] for n in rows)
+    assert await source.fee_elsewhere([*ids, "pay_1"]) == {ids[n] for n in fee_elsewhere}
+    everything = SettlementInstructions(FakeClearing(insts), "rail-x")  # no pool: every one, every fee
+    assert len(await everything.day(0, 1)) == len(insts) and await everything.fee_elsewhere(ids) == set()
