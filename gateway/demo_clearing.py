@@ -9,7 +9,10 @@ day (information flow only: not one bank transfer), one user pays out to an acco
 bank, and at cut-off the back office closes the clearing window: the clearing center nets what
 the pools owe each other and settles only the net amounts over the rail (fund flow), the first
 settlement reply lost on the way. At the end each pool's ledger balance is checked against the
-bank's own record of the pool account, and the reserve-fund invariant against the wallets.
+bank's own record of the pool account, the reserve-fund invariant against the wallets, and the back
+office reconciles each pooled rail's statement of the day: the rail carries every channel's
+transfers, but a statement is one account's (the channel's pool account), so each shows that
+rail's own top-ups and payouts and the settlement transfers its pool paid or was paid.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from rich.table import Table
 from dualflow.clearing.pools import deposit_own_funds
 from dualflow.core.money import format_minor
 from dualflow.mock_banks.launcher import MockBankProcess
-from dualflow.v1 import clearing_pb2, clearing_pb2_grpc
+from dualflow.v1 import clearing_pb2, clearing_pb2_grpc, reconciliation_pb2, reconciliation_pb2_grpc
 from dualflow.v1 import payments_pb2 as pb
 from dualflow.v1 import payments_pb2_grpc
 
@@ -136,6 +139,7 @@ class ClearingDay:
     bank_check: list[Any] = field(default_factory=list)
     lost_reply: bool = False
     homes: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, reconciliation_pb2.ReconciliationRun] = field(default_factory=dict)  # by pooled rail
 
 
 def _final(p: pb.Payment) -> bool:
@@ -168,8 +172,10 @@ async def play(platform: Any, channel: grpc.aio.Channel, wallet_key: str, office
     say("The reserve-fund day: wallets over pools at three banks", heading=True)
 
     # The banks open our pool accounts with our own money in them, and the users' accounts.
+    # The mock rail charges one rate on every transfer: the same-bank one, which is what each top-up
+    # (all at the user's own bank) is expected to cost when the statements are reconciled.
     await asyncio.to_thread(rail._call, "PUT", "/profile", {"latency_ms": 20, "jitter_ms": 0, "pending_rate": 1.0,
-                                                           "settle_after_ms": 150})
+                                                           "settle_after_ms": 150, "fee_bps": SAME_BANK_FEE_BPS})
     await asyncio.to_thread(rail._call, "PUT", "/accounts", [
         *({"bank_code": p.bank_code, "number": p.number, "name": f"dualflow reserve {p.bank_code}",
            "balance": FLOAT_MINOR} for p in POOLS),
@@ -260,7 +266,28 @@ async def play(platform: Any, channel: grpc.aio.Channel, wallet_key: str, office
     day.ledger_after = {b.pool: b.balance_minor for b in report.pools}
     day.invariant = report.invariant[0] if report.invariant else None
     day.bank_check = list(await bank_check())
+
+    # Close of day: each pooled rail's statement (its pool account's) against our side.
+    recon = reconciliation_pb2_grpc.ReconciliationStub(channel)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    for p in POOLS:
+        day.runs[p.channel] = await recon.RunReconciliation(reconciliation_pb2.RunReconciliationRequest(
+            channel=p.channel, business_date=today), metadata=office, timeout=60)
+    say("back office: each pooled rail's statement of today reconciled (Reconciliation.RunReconciliation): " +
+        "; ".join(f"{c} {run.lines} lines ({_counts(run) or 'none'})" for c, run in day.runs.items()))
     return day
+
+
+def _counts(run: reconciliation_pb2.ReconciliationRun) -> str:
+    name = reconciliation_pb2.ReconciliationClass.Name
+    return ", ".join(f"{name(c.match_class).removeprefix('RECONCILIATION_CLASS_')} {c.lines}"
+                     for c in run.counts if c.lines or c.instructions)
+
+
+def _all_matched(run: reconciliation_pb2.ReconciliationRun) -> bool:
+    return run.state == reconciliation_pb2.RUN_STATE_COMPLETED and run.lines > 0 and all(
+        c.match_class == reconciliation_pb2.RECONCILIATION_CLASS_MATCHED
+        for c in run.counts if c.lines or c.instructions)
 
 
 def _amount(v: int) -> str:
@@ -305,6 +332,20 @@ def print_day(console: Console, day: ClearingDay) -> None:
         pools.add_row(p.pool, _amount(day.pools_before.get(p.pool, 0)), _amount(after), _amount(ledger),
                       _amount(after - ledger))
     console.print(pools)
+    if day.runs:
+        recon = Table(title="Close of day: each pooled rail's own statement (its pool account's), reconciled",
+                      caption="lines: its top-ups, payouts and the settlements its pool paid or was paid\n"
+                              "fees posted: by this rail's run (a settlement's on the payer pool's rail only)")
+        for col in ("rail", "pool account", "lines", "classes", "fees posted"):
+            recon.add_column(col, justify="right" if col in ("lines", "fees posted") else "left")
+        for p in POOLS:
+            run = day.runs.get(p.channel)
+            if run is None:
+                continue
+            posted = sum(f.posted_now for f in run.fees)
+            recon.add_row(p.channel, f"{p.bank_code} …{p.number[-4:]}", str(run.lines), _counts(run) or "-",
+                          str(posted))
+        console.print(recon)
     if day.invariant is not None:
         i = day.invariant
         console.print(f"Reserve-fund invariant {i.currency}: pools {_amount(i.pools_minor)} + in transit "
@@ -336,4 +377,6 @@ def checks(day: ClearingDay) -> Mapping[str, bool]:
         "no money created or lost: the banks' pools moved by exactly the top-ups less the payout": conserved,
         "the reserve-fund invariant holds (pools + in transit = wallets + merchants + own funds)":
             day.invariant is not None and day.invariant.difference_minor == 0,
+        "every pooled rail's statement reconciled: all MATCHED": len(day.runs) == len(POOLS)
+        and all(_all_matched(run) for run in day.runs.values()),
     }

@@ -449,6 +449,6 @@ def test_demo_plays_a_shop_and_balances() -> None:
     fee_lines = {"cardbank": card_lines - 1, "wallet-psp": psp_lines, "bank-rail": 2}  # a decline charges none
     for name, row in recon.items():
         assert row["fees (posted)"].endswith(f"CNY ({fee_lines[name]}/{fee_lines[name]})"), row
-    assert out.count("  ok   ") == 22 and "FAIL " not in out, out  # 15 of the shop's day, 7 of the pools'
+    assert out.count("  ok   ") == 23 and "FAIL " not in out, out  # 15 of the shop's day, 8 of the pools'
     print(f"demo: {elapsed_s:.1f}s")
     assert elapsed_s < 30
