@@ -230,8 +230,8 @@ class Platform:
             fee_for=(lambda channel: router_fee_model(gateway.router, channel)) if gateway is not None else None,
             # Left out of the receivable drift check: channels collecting into a pool (their money is
             # swept into the pool, which PoolBankCheck compares with the bank), and the settlement
-            # channel (its account's activity includes pool-to-pool transfers and their fees, which
-            # no receivable of ours mirrors).
+            # channel (the rail reports one balance for its whole network, the pools' settlement
+            # transfers and other channels' traffic included, which no receivable of ours mirrors).
             pooled_channels=frozenset(self.settings.clearing.channel_pools),
             no_drift=frozenset({rail} if rail else ()),
             sources=sources)
