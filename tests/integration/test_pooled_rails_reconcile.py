@@ -18,16 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payments_fixtures import vault_toml
+from reserve_day_fixtures import final, interbank, open_banks, reserve_platform  # noqa: F401 (interbank: a fixture)
 
 from dualflow.adapters.transfer.settlement import SettlementInstructions, rail_id
-from dualflow.clearing.pools import deposit_own_funds
 from dualflow.clearing.window import InstructionState, WindowState
-from dualflow.core.payments.model import Asset, BankAccount, Payment, PaymentRequest, PaymentStatus
+from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus
 from dualflow.core.payments.resolution import CODE_CHANNEL_FEE
 from dualflow.gateway import demo_clearing as day
-from dualflow.gateway.sandbox import Sandbox
-from dualflow.gateway.server import Platform, ServerConfig
+from dualflow.gateway.server import Platform
 
 CNY = "CNY"
 FLOAT = 1_000_000
@@ -37,48 +35,9 @@ SEED = 3
 
 
 @pytest.fixture
-def interbank(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    box = Sandbox(tmp_path_factory.mktemp("pooled-rails"), seed=5)
-    bank, key = box.start_other_rail("interbank")
-    yield box, bank, key
-    box.stop()
-
-
-@pytest.fixture
 async def platform(tmp_path: Path, interbank: Any) -> AsyncIterator[Platform]:
-    box, bank, key = interbank
-    routing = tmp_path / "routing.toml"
-    routing.write_text("exploration = 0\nfee_weight = 500.0\n")  # greedy: each top-up to the user's own bank
-    config = tmp_path / "dualflow.toml"
-    config.write_text(f"""{vault_toml()}
-[routing]
-file = "{routing}"
-
-[[merchants]]
-id = "{day.MERCHANT}"
-name = "Wallet"
-currencies = ["{CNY}"]
-fee_bps = 0
-
-{day.clearing_toml().replace("settle_interval_s = 0.2", "settle_interval_s = 0.1")}
-{day.channels_toml(bank.port, str(key), box.callback_base)}
-""")
-    p = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
-                              expiry_interval_s=0, callback_port=box.callback_port, grace_s=1))
-    await p.start()
-    try:
+    async with reserve_platform(tmp_path, interbank) as p:
         yield p
-    finally:
-        await p.stop()
-
-
-async def final(platform: Platform, payment: Payment) -> Payment:
-    for _ in range(400):
-        p = await platform.payments.get_payment(payment.payment_id)
-        if p.status.final:
-            return p
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"{payment.payment_id} is still {p.status.name}")
 
 
 def classes(report: Any) -> dict[str, tuple[int, int]]:
@@ -90,14 +49,7 @@ async def test_each_pooled_rail_reconciles_only_its_own_account(platform: Platfo
     # The rail charges its same-bank rate on everything: the top-ups' fees are what we expect.
     await asyncio.to_thread(bank.set_profile, latency_ms=2, jitter_ms=0, pending_rate=1.0, settle_after_ms=50,
                             fee_bps=day.SAME_BANK_FEE_BPS, fee_fixed=0)
-    await asyncio.to_thread(bank._call, "PUT", "/accounts", [
-        *({"bank_code": p.bank_code, "number": p.number, "name": f"dualflow reserve {p.bank_code}", "balance": FLOAT}
-          for p in day.POOLS),
-        *({"bank_code": u.bank_code, "number": u.number, "name": u.holder, "balance": 500_000} for u in day.USERS),
-        {"bank_code": day.PAYOUT_TO.bank_code, "number": day.PAYOUT_TO.number, "name": day.PAYOUT_TO.holder,
-         "balance": 0}])
-    for p in day.POOLS:
-        await deposit_own_funds(platform.ledger, p.pool, CNY, FLOAT, key=f"float-{p.pool}")
+    await open_banks(platform, bank, float_minor=FLOAT, user_minor=500_000)
     sources = platform.reconciliation.reconciler.sources
     assert {c: (type(s), s.pool) for c, s in sources.items()} == {  # type: ignore[attr-defined]
         p.channel: (SettlementInstructions, p.pool) for p in day.POOLS}

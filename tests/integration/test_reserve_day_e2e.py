@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payments_fixtures import vault_toml
+from reserve_day_fixtures import final, interbank, open_banks, reserve_platform  # noqa: F401 (interbank: a fixture)
 
 from dualflow.adapters.transfer.settlement import rail_id
-from dualflow.clearing.pools import deposit_own_funds
 from dualflow.clearing.window import InstructionState, WindowState
-from dualflow.core.payments.model import Asset, BankAccount, Payment, PaymentRequest, PaymentStatus
+from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus
 from dualflow.gateway import demo_clearing as day
-from dualflow.gateway.sandbox import Sandbox
-from dualflow.gateway.server import Platform, ServerConfig
+from dualflow.gateway.server import Platform
 from dualflow.mock_banks.launcher import MockBankProcess
 
 CNY = "CNY"
@@ -42,62 +40,14 @@ SEED = 7
 
 
 @pytest.fixture
-def interbank(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    box = Sandbox(tmp_path_factory.mktemp("reserve-day"), seed=5)
-    bank, key = box.start_other_rail("interbank")
-    yield box, bank, key
-    box.stop()
-
-
-@pytest.fixture
 async def platform(tmp_path: Path, interbank: Any) -> AsyncIterator[Platform]:
-    box, bank, key = interbank
-    routing = tmp_path / "routing.toml"
-    # Greedy, and fees weighing more than a fresh rail's first outcomes (see gateway/demo.py).
-    routing.write_text("exploration = 0\nfee_weight = 500.0\n")
-    config = tmp_path / "dualflow.toml"
-    config.write_text(f"""{vault_toml()}
-[routing]
-file = "{routing}"
-
-[[merchants]]
-id = "{day.MERCHANT}"
-name = "Wallet"
-currencies = ["{CNY}"]
-fee_bps = 0
-
-[[merchants]]
-id = "shop"
-name = "Shop"
-currencies = ["{CNY}"]
-fee_bps = 0
-
-{day.clearing_toml().replace("settle_interval_s = 0.2", "settle_interval_s = 0.1")}
-[clearing.merchant_pools]
-shop = "{SHOP_POOL}"
-
-{day.channels_toml(bank.port, str(key), box.callback_base)}
-""")
-    p = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
-                              expiry_interval_s=0, callback_port=box.callback_port, grace_s=1))
-    await p.start()
-    try:
+    async with reserve_platform(tmp_path, interbank, f'[clearing.merchant_pools]\nshop = "{SHOP_POOL}"\n'
+                                '[[merchants]]\nid = "shop"\nname = "Shop"\ncurrencies = ["CNY"]\nfee_bps = 0\n') as p:
         yield p
-    finally:
-        await p.stop()
 
 
 def accounts(bank: MockBankProcess) -> dict[tuple[str, str], int]:
     return {(a["bank_code"], a["number"]): a["balance"] for a in bank._call("GET", "/accounts")}
-
-
-async def final(platform: Platform, payment: Payment) -> Payment:
-    for _ in range(400):
-        p = await platform.payments.get_payment(payment.payment_id)
-        if p.status.final:
-            return p
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"{payment.payment_id} is still {p.status.name}")
 
 
 async def settle(platform: Platform, bank: MockBankProcess, *, lose_first_reply: bool) -> Any:
@@ -123,14 +73,7 @@ async def test_a_reserve_fund_day_settles_net_and_the_pools_match_the_banks(plat
     _, bank, _ = interbank
     await asyncio.to_thread(bank.set_profile, latency_ms=5, jitter_ms=0, pending_rate=1.0, settle_after_ms=100,
                             fee_bps=0, fee_fixed=0)
-    await asyncio.to_thread(bank._call, "PUT", "/accounts", [
-        *({"bank_code": p.bank_code, "number": p.number, "name": f"dualflow reserve {p.bank_code}", "balance": FLOAT}
-          for p in day.POOLS),
-        *({"bank_code": u.bank_code, "number": u.number, "name": u.holder, "balance": 500_000} for u in day.USERS),
-        {"bank_code": day.PAYOUT_TO.bank_code, "number": day.PAYOUT_TO.number, "name": day.PAYOUT_TO.holder,
-         "balance": 0}])
-    for p in day.POOLS:
-        await deposit_own_funds(platform.ledger, p.pool, CNY, FLOAT, key=f"float-{p.pool}")
+    await open_banks(platform, bank, float_minor=FLOAT, user_minor=500_000)
     pool_of_bank = {p.bank_code: p.pool for p in day.POOLS}
     home = {u.party: pool_of_bank[u.bank_code] for u in day.USERS} | {"merchant:shop": SHOP_POOL}
     owed: list[defaultdict[tuple[str, str], int]] = [defaultdict(int), defaultdict(int)]  # by window
