@@ -112,6 +112,27 @@ class PayInstruction:
 
 
 @dataclass(frozen=True, slots=True)
+class PayoutInstruction:
+    """Pay `amount` from our account at the channel's bank to a beneficiary's account (an adapter
+    with a payout flow has `async def payout(PayoutInstruction) -> ChannelResult`). A credit
+    needs the beneficiary's full account number: `beneficiary_number`, or the channel's own
+    directory (the transfer rail's `accounts` setting); without either it is NOT_SUBMITTED."""
+
+    instruction_id: str
+    payout_id: str  # ours, for the bank's records (like PayInstruction.payment_id)
+    merchant_id: str
+    amount: int
+    currency: str
+    beneficiary: BankAccount
+    beneficiary_number: str = ""
+    description: str = ""
+
+    def __repr__(self) -> str:
+        return (f"PayoutInstruction(instruction_id={self.instruction_id!r}, payout_id={self.payout_id!r}, "
+                f"amount={self.amount}, currency={self.currency!r})")
+
+
+@dataclass(frozen=True, slots=True)
 class RefundInstruction:
     instruction_id: str  # the refund's own
     refund_id: str

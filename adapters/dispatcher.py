@@ -14,9 +14,9 @@ Which channel carries a payment is the smart router's decision
 (routing/policy.py): eligibility, learned health and fees. The gateway feeds it
 every answer a channel gives to a payment, so it learns from real outcomes.
 
-A payout (instruction kind "payout") goes to the adapter's `payout` flow (the transfer rail's
-PayoutInstruction); a channel without one answers NOT_SUBMITTED, so the router's next channel,
-or FAILED, follows.
+A payout (instruction kind "payout") goes to the adapter's `payout` flow with a
+contract.PayoutInstruction; a channel without one answers NOT_SUBMITTED, so the
+router's next channel, or FAILED, follows.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from .contract import (
     FlowNotSupported,
     Outcome,
     PayInstruction,
+    PayoutInstruction,
     QueryRequest,
     RefundInstruction,
 )
-from .transfer.adapter import PayoutInstruction
 
 log = logging.getLogger(__name__)
 

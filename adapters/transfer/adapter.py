@@ -36,6 +36,7 @@ from dualflow.adapters.contract import (
     FlowNotSupported,
     Outcome,
     PayInstruction,
+    PayoutInstruction,
     QueryRequest,
     RefundInstruction,
     StatementLine,
@@ -69,26 +70,6 @@ log = logging.getLogger(__name__)
 # A verified reply that fails the checks below is not believed either.
 _UNVERIFIED = {"BAD_SIGNATURE": "BAD_SIGNATURE", "MALFORMED": "BAD_SIGNATURE", "UNKNOWN_KEY": "UNKNOWN_KEY",
                "STALE": "STALE_REPLY", "REPLAYED": "REPLAYED_REPLY"}
-
-
-@dataclass(frozen=True, slots=True)
-class PayoutInstruction:
-    """Pay `amount` from our pool account at this bank to a beneficiary's account. A credit needs
-    the beneficiary's full account number: `beneficiary_number`, or the channel's `accounts`
-    directory by bank code and last four digits; without either it is NOT_SUBMITTED."""
-
-    instruction_id: str
-    payout_id: str  # ours, for the bank's records (like PayInstruction.payment_id)
-    merchant_id: str
-    amount: int
-    currency: str
-    beneficiary: BankAccount
-    beneficiary_number: str = ""
-    description: str = ""
-
-    def __repr__(self) -> str:
-        return (f"PayoutInstruction(instruction_id={self.instruction_id!r}, payout_id={self.payout_id!r}, "
-                f"amount={self.amount}, currency={self.currency!r})")
 
 
 class StatementUnavailable(Exception):
