@@ -10,7 +10,7 @@ offset as the amount, on the gauge as well."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,22 +21,15 @@ from prometheus_client import REGISTRY
 
 from dualflow.core.payments.model import Asset, BankAccount, PaymentRequest, PaymentStatus, RefundStatus
 from dualflow.core.payments.procedures import PollTiming
-from dualflow.gateway.sandbox import NAMES, Sandbox
-from dualflow.gateway.server import Platform, ServerConfig
+from dualflow.gateway.sandbox import Sandbox
+from dualflow.gateway.server import Platform
 from dualflow.v1 import reconciliation_pb2 as pb
 from dualflow.v1 import reconciliation_pb2_grpc
-from payments_fixtures import vault_toml
+from shop_day_fixtures import CARD, PSP, RAIL, eventually, fee, shop_platform, start_sandbox
 
-CARD, PSP, RAIL = NAMES["iso8583"], NAMES["psp"], NAMES["transfer"]
-FEE_BPS = {CARD: 55, PSP: 60, RAIL: 10}
 VISA = "4111111111111111"
 TODAY = datetime.now(timezone.utc).date().isoformat()
 OFFSET = 500
-
-
-
-def fee(channel: str, amount: int) -> int:
-    return (amount * FEE_BPS[channel] + 5_000) // 10_000
 
 
 def gauge(name: str, channel: str) -> float | None:
@@ -45,58 +38,15 @@ def gauge(name: str, channel: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
-    box = Sandbox(tmp_path_factory.mktemp("drift-sandbox"), seed=13).start(fee_bps={
-        "iso8583": FEE_BPS[CARD], "psp": FEE_BPS[PSP], "transfer": FEE_BPS[RAIL]})
+    box = start_sandbox(tmp_path_factory.mktemp("drift-sandbox"), seed=13)
     yield box
     box.stop()
 
 
 @pytest.fixture
 async def platform(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Platform]:
-    for name, bank in sandbox.banks.items():
-        bank.set_profile(lost_reply_rate=0.0, timeout_rate=0.0, decline_rate=0.0, outage=False, pending_rate=0.0,
-                         fee_bps=FEE_BPS[name], statement_fault="", balance_offset=0, bad_signature_rate=0.0)
-    (tmp_path / "routing.toml").write_text('exploration = 0\n[merchants.psp-shop]\npinned = "wallet-psp"\n')
-    config = tmp_path / "dualflow.toml"
-    config.write_text(f"""
-[routing]
-file = "{tmp_path / 'routing.toml'}"
-seed = 3
-
-{vault_toml()}
-
-[[merchants]]
-id = "shop"
-name = "Shop"
-currencies = ["CNY"]
-fee_bps = 100
-
-[[merchants]]
-id = "psp-shop"
-name = "A shop whose cards go to the PSP"
-currencies = ["CNY"]
-fee_bps = 100
-
-{sandbox.channels_toml()}
-""")
-    p = Platform(ServerConfig(listen="127.0.0.1:0", db=str(tmp_path / "ledger.db"), config_path=str(config),
-                              expiry_interval_s=0, callback_port=sandbox.callback_port))
-    p.payments.polls = PollTiming(first_ns=50_000_000, window_ns=600 * 10**9)
-    p.payments.poll_tick_s = 0.02
-    await p.start()
-    try:
+    async with shop_platform(tmp_path, sandbox, PollTiming(first_ns=50_000_000, window_ns=600 * 10**9)) as p:
         yield p
-    finally:
-        await p.stop()
-
-
-async def eventually(what: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    for _ in range(int(timeout_s / 0.02)):
-        found = await what()
-        if found:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{what} did not happen in {timeout_s} s")
 
 
 def drift_findings(result: pb.InternalCheckResult) -> dict[str, str]:
